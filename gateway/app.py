@@ -1,0 +1,142 @@
+"""Assemble the aiohttp application: the route table under the prefix, health checks, and error rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .config import Config
+from .discovery import RouteFileError, discover, import_route
+from .errors import (
+    GatewayError,
+    InternalError,
+    NotFound,
+    PayloadTooLarge,
+    error_response,
+    has_default_body,
+    render,
+    render_http_exception,
+)
+from .file_routes import FileEndpoint
+from .forward.endpoint import ForwardEndpoint
+from .forward.sessions import upstream_sessions
+from .routing import GatewayResource, RouteConflict, RouteTable
+
+log = logging.getLogger("gateway")
+SERVER_HEADER = "gateway"  # a fixed generic word: no software name, no version
+
+
+@dataclass
+class Runtime:
+    debug: bool = False
+    draining: bool = False
+
+
+CONFIG = web.AppKey("config", Config)
+RUNTIME = web.AppKey("runtime", Runtime)
+TABLE = web.AppKey("table", RouteTable)
+
+
+class StartupError(Exception):
+    """Problems that stop the gateway from starting, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def build_table(config: Config) -> RouteTable:
+    """Discover and import every route file, add the forwards, and check that no two answer the same path."""
+    routes_dir = config.routes_dir
+    display_dir = config.server.routes.as_posix().rstrip("/")
+    table = RouteTable(config.server.prefix)
+    files, problems = discover(routes_dir, display_dir)
+    endpoints = []
+    for route in files:
+        try:
+            module = import_route(route, routes_dir)
+            endpoints.append(FileEndpoint(route, module, table.prefix, app_max_body=config.server.max_body))
+        except RouteFileError as exc:
+            problems.append(str(exc))
+    for forward in config.forwards:
+        endpoints.append(ForwardEndpoint(forward, config, table.prefix))
+    for endpoint in endpoints:
+        try:
+            table.add(endpoint)
+        except RouteConflict as exc:
+            problems.append(str(exc))
+    if problems:
+        raise StartupError(problems)
+    return table
+
+
+def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web.Application:
+    app = web.Application(middlewares=[render_errors], client_max_size=config.server.max_body)
+    app[CONFIG] = config
+    app[RUNTIME] = Runtime(debug=debug)
+    app[TABLE] = table
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.register_resource(GatewayResource(table, redirect_trailing_slash))
+    app.on_response_prepare.append(_server_header)
+    app.on_shutdown.append(_start_draining)
+    app.cleanup_ctx.append(upstream_sessions(config))
+    return app
+
+
+@web.middleware
+async def render_errors(request: web.Request, handler) -> web.StreamResponse:
+    """The one place where exceptions become responses: the gateway's own errors as JSON, never a traceback."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return render(exc)
+    except web.HTTPRequestEntityTooLarge:
+        return render(PayloadTooLarge(f"the request body is larger than the limit of {request.client_max_size} bytes"))
+    except web.HTTPException as exc:
+        if exc.status >= 400 and has_default_body(exc):
+            return render_http_exception(exc)
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
+        if request.app[RUNTIME].debug:
+            trace = "".join(traceback.format_exception(exc))
+            return error_response(500, "internal_error", trace)
+        return render(InternalError())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[RUNTIME].draining:
+        return error_response(503, "unavailable", "the gateway is shutting down", {"Retry-After": "1"})
+    return web.json_response({"status": "ready"})
+
+
+async def redirect_trailing_slash(request: web.Request) -> web.StreamResponse:
+    """``/api/users/`` -> 308 ``/api/users``, as Next.js does; never a scheme-relative ``//host`` Location."""
+    path = request.rel_url.raw_path.rstrip("/") or "/"
+    if path.startswith(("//", "/\\")):
+        raise NotFound()
+    query = request.rel_url.raw_query_string
+    location = f"{path}?{query}" if query else path
+    return web.Response(status=308, headers={"Location": location})
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_HEADER
+
+
+async def _start_draining(app: web.Application) -> None:
+    app[RUNTIME].draining = True
+
+
+__all__ = ["CONFIG", "RUNTIME", "TABLE", "StartupError", "build_table", "create_app", "RouteFileError"]

@@ -1,0 +1,131 @@
+"""``forward()``: call an upstream from a route handler, with the same injection, filtering and scrubbing.
+
+    up = await forward(req, "weather", "/weather", query={"q": city})
+    data = await up.json()              # reshape in code ...
+    return await forward(req, "svc", "/path")   # ... or pass the answer through, masked and streamed
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, unquote
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..errors import InternalError, PayloadTooLarge
+from .body import request_body
+from .headers import pick_request_headers
+from .relay import relay, response_headers
+from .sessions import UPSTREAMS
+from .upstream import Upstream
+from .urls import encode_query
+
+PENDING = "gateway.upstream_responses"
+
+
+class UpstreamResponse:
+    """What ``forward()`` returns: status, safe headers, and the body — always scrubbed of secrets."""
+
+    def __init__(self, request: web.Request, response: aiohttp.ClientResponse, upstream: Upstream) -> None:
+        self._request = request
+        self._response = response
+        self._upstream = upstream
+        self.status = response.status
+        self.headers: CIMultiDict[str] = response_headers(response, upstream, None)
+
+    async def read(self) -> bytes:
+        return self._upstream.scrubber.scrub(await self._response.read())
+
+    async def text(self) -> str:
+        return (await self.read()).decode(self._response.get_encoding(), "replace")
+
+    async def json(self) -> Any:
+        return jsonlib.loads(await self.read())
+
+    async def respond(self) -> web.StreamResponse:
+        """Relay this answer to the client (streamed when it has not been read yet)."""
+        if self._response._body is not None:
+            self.headers.popall("Content-Length", None)
+            return web.Response(status=self.status, headers=self.headers, body=await self.read())
+        return await relay(self._request, self._response, self._upstream)
+
+    def close(self) -> None:
+        self._response.close()
+
+
+async def forward(
+    req: web.Request,
+    upstream: str,
+    path: str = "",
+    *,
+    method: str | None = None,
+    query: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    json: Any = None,
+    data: bytes | None = None,
+) -> UpstreamResponse:
+    """Call ``upstream`` at ``path`` (relative to its url). Without ``query`` the client's query string is passed;
+    without ``json``/``data`` the client's body is streamed when the method is the client's own."""
+    upstreams = req.app[UPSTREAMS]
+    if upstream not in upstreams:
+        raise InternalError(f"forward(): no upstream named {upstream!r} in the config")
+    up = upstreams[upstream]
+    target, path_query = _safe_path(path)
+    url = up.url + target
+    if query is None:
+        client_query = req.rel_url.raw_query_string
+        pairs = [p for p in client_query.split("&") if p and unquote(p.split("=", 1)[0]) not in up.inject_query_names]
+        query_string = "&".join(pairs)
+    else:
+        query_string = encode_query(tuple((k, str(v)) for k, v in query.items() if k not in up.inject_query_names))
+    query_string = "&".join(q for q in (path_query, query_string, up.inject_query) if q)
+    if query_string:
+        url = f"{url}?{query_string}"
+    method = (method or req.method).upper()
+    out_headers = pick_request_headers(req.headers, up.request_allow)
+    for name, value in (headers or {}).items():
+        if name.lower() not in {n.lower() for n in up.inject_headers}:
+            out_headers[name] = value
+    out_headers.update(up.inject_headers)
+    body: Any = None
+    if json is not None:
+        body = jsonlib.dumps(json).encode()
+        out_headers["Content-Type"] = "application/json"
+    elif data is not None:
+        body = data
+    elif method == req.method:
+        limit = req.client_max_size
+        body = request_body(req, limit)
+        if body is not None and req.content_length is not None:
+            out_headers["Content-Length"] = str(req.content_length)
+    try:
+        response = await up.send(method, url, out_headers, body)
+    except Exception:
+        if getattr(body, "exceeded", False):
+            raise PayloadTooLarge(f"the request body is larger than the limit of {req.client_max_size} bytes") from None
+        raise
+    if response.status >= 500:
+        await relay(req, response, up)  # logs what the upstream said and raises UpstreamError
+    result = UpstreamResponse(req, response, up)
+    req.setdefault(PENDING, []).append(result)
+    return result
+
+
+def _safe_path(path: str) -> tuple[str, str]:
+    """Keep a handler-built path inside the upstream's base: no scheme, no ``//host``, no ``..``, encoded.
+    Returns the encoded path and the query string written in it, if any."""
+    if not path:
+        return "", ""
+    if not path.startswith("/"):
+        path = "/" + path
+    raw, _, path_query = path.partition("?")
+    if any(c in path_query for c in "\r\n #"):
+        raise InternalError("forward(): pass query parameters with query=..., not raw in the path")
+    segments = [unquote(s) for s in raw.split("/")[1:]]
+    if any(s in (".", "..") or "\\" in s for s in segments) or raw.startswith("//"):
+        raise InternalError("forward(): the path may not contain '.', '..', '//' or backslash segments")
+    return "/" + "/".join(quote(s, safe="-._~!$&'()*+,;=:@") for s in segments), path_query

@@ -1,0 +1,148 @@
+"""Turn an upstream response into the client's: filtered headers, secrets scrubbed, streamed or shaped.
+
+Two body modes, chosen per forward at start-up (STYLE rule 3):
+* pass-through: a small body with a known length is read whole, scrubbed, and sent with its real length;
+  anything else (SSE, downloads, unknown length) is streamed chunk by chunk, scrubbed across chunk boundaries,
+  without Content-Length (the scrubbed length is not known in advance);
+* shaped (``response:`` or ``rewrite_urls``): read, reshaped, scrubbed and sent with a fresh Content-Length.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..errors import UpstreamError
+from .errors import upstream_errors
+from .headers import pick_response_headers
+from .rewrite import UrlRewriter
+from .upstream import Upstream
+
+log = logging.getLogger("gateway.upstream")
+BUFFER_LIMIT = 1024 * 1024  # bodies up to this size with a known length are read whole: faster, bounded memory
+LOGGED_ERROR_BODY = 2048
+
+
+async def relay(
+    request: web.Request,
+    up: aiohttp.ClientResponse,
+    upstream: Upstream,
+    *,
+    rewriter: UrlRewriter | None = None,
+    shape: Callable[[bytes], bytes] | None = None,
+    rewrite_body: bool = False,
+) -> web.StreamResponse:
+    try:
+        if up.status >= 500:
+            await _withhold(up, upstream)
+        headers = response_headers(up, upstream, rewriter)
+        if request.method == "HEAD" or up.status in (204, 304):
+            up.release()
+            return web.Response(status=up.status, headers=headers)
+        if shape is not None or rewrite_body:
+            return await _shaped(request, up, upstream, headers, rewriter, shape, rewrite_body)
+        length = up.content_length
+        if length is not None and length <= BUFFER_LIMIT and "Content-Length" in headers:
+            with upstream_errors(upstream.name):
+                body = await up.read()
+            headers.popall("Content-Length", None)
+            return web.Response(status=up.status, headers=headers, body=upstream.scrubber.scrub(body))
+    except BaseException:
+        up.close()
+        raise
+    return await _stream(request, up, upstream, headers)
+
+
+def response_headers(up: aiohttp.ClientResponse, upstream: Upstream, rewriter: UrlRewriter | None) -> CIMultiDict[str]:
+    headers = pick_response_headers(up.headers, upstream.response_allow)
+    if "Content-Encoding" in up.headers:
+        # the session decoded the body (so it could be scrubbed): its old encoding and length no longer apply
+        headers.popall("Content-Encoding", None)
+        headers.popall("Content-Length", None)
+    scrub = upstream.scrubber.scrub_text if upstream.scrubber else None
+    if scrub is not None:
+        for name, value in list(headers.items()):
+            clean = scrub(value)
+            if clean != value:
+                headers[name] = clean
+    if rewriter is not None:
+        for name in ("Location", "Content-Location"):
+            if name in up.headers:
+                target = rewriter.to_gateway(up.headers[name])
+                if target is not None:
+                    headers[name] = scrub(target) if scrub else target
+        if "Link" in up.headers:
+            links = [rewriter.link_header(v) for v in up.headers.getall("Link")]
+            for link in links:
+                if link:
+                    headers.add("Link", scrub(link) if scrub else link)
+    return headers
+
+
+async def _withhold(up: aiohttp.ClientResponse, upstream: Upstream) -> None:
+    """An upstream 5xx: log (scrubbed) what it said, tell the client only that the upstream failed."""
+    try:
+        with upstream_errors(upstream.name):
+            snippet = await up.content.read(LOGGED_ERROR_BODY)
+    except Exception:
+        snippet = b""
+    log.warning(
+        "upstream %s answered %s: %s", upstream.name, up.status,
+        upstream.scrubber.scrub(snippet).decode("utf-8", "replace"),
+    )
+    up.close()
+    raise UpstreamError(f"upstream {upstream.name!r} failed (status {up.status})")
+
+
+async def _shaped(request, up, upstream, headers, rewriter, shape, rewrite_body) -> web.Response:
+    with upstream_errors(upstream.name):
+        body = await up.read()
+    if shape is not None and 200 <= up.status < 300:
+        try:
+            body = shape(body)
+            headers["Content-Type"] = "application/json"
+        except ValueError:
+            log.warning("upstream %s sent a body that is not JSON: it was not shaped", upstream.name)
+    if rewrite_body and rewriter is not None:
+        body = rewriter.body(body, f"{request.scheme}://{request.host}")
+    headers.popall("Content-Length", None)
+    return web.Response(status=up.status, headers=headers, body=upstream.scrubber.scrub(body))
+
+
+async def _stream(request: web.Request, up: aiohttp.ClientResponse, upstream: Upstream,
+                  headers: CIMultiDict[str]) -> web.StreamResponse:
+    headers.popall("Content-Length", None)
+    if up.headers.get("Content-Type", "").startswith("text/event-stream"):
+        headers["Cache-Control"] = "no-cache, no-transform"
+        headers["X-Accel-Buffering"] = "no"
+    response = web.StreamResponse(status=up.status, headers=headers)
+    finished = False
+    try:
+        await response.prepare(request)
+        scrubber = upstream.scrubber
+        if scrubber:
+            stream = scrubber.stream()
+            async for chunk in up.content.iter_any():
+                if out := stream.feed(chunk):
+                    await response.write(out)
+            if tail := stream.flush():
+                await response.write(tail)
+        else:
+            async for chunk in up.content.iter_any():
+                await response.write(chunk)
+        await response.write_eof()
+        finished = True
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # headers are already sent: all we can do is cut the connection so the client sees a truncated body
+        log.warning("upstream %s failed mid-stream: %s", upstream.name, type(exc).__name__)
+        request.transport and request.transport.close()
+    finally:
+        if finished:
+            up.release()
+        else:
+            up.close()  # the client left or the upstream broke: stop the upstream call (and its quota)
+    return response

@@ -1,0 +1,73 @@
+"""Map URLs under an upstream to the gateway paths that forward to them, so the upstream host never shows.
+
+A forward whose target ends in its catch-all (``github/[...path]`` -> ``/{path}``) maps a whole subtree:
+``https://api.github.com/repos/x`` -> ``/api/github/repos/x``. A forward without parameters maps one URL.
+Anything else under the upstream's host cannot be expressed through the gateway and is removed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urljoin, urlsplit
+
+from ..config import ForwardConfig, UpstreamConfig
+from ..paths import Kind
+
+_LINK = re.compile(r"<([^>]*)>([^,]*)")
+
+
+class UrlRewriter:
+    def __init__(self, upstream: UpstreamConfig, forwards: Iterable[ForwardConfig], prefix: str) -> None:
+        self.base = upstream.url
+        self.host = urlsplit(upstream.url).netloc.lower()
+        self.trees: list[tuple[str, str]] = []  # (upstream URL prefix ending in /, gateway path prefix ending in /)
+        self.exact: dict[str, str] = {}
+        for forward in forwards:
+            if forward.upstream != upstream.name or "?" in forward.path:
+                continue
+            statics = [s.value for s in forward.segments if s.kind == Kind.STATIC]
+            gateway = "/".join([prefix, *statics])
+            last = forward.segments[-1] if forward.segments else None
+            if last is not None and last.kind >= Kind.CATCH and forward.path.endswith(f"{{{last.value}}}"):
+                head = forward.path[: -len(last.value) - 2]
+                if "{" not in head and len(statics) == len(forward.segments) - 1:
+                    self.trees.append((self.base + head.rstrip("/") + "/", gateway + "/"))
+            elif last is None or all(s.kind == Kind.STATIC for s in forward.segments):
+                if "{" not in forward.path:
+                    self.exact[self.base + forward.path] = gateway or "/"
+        self.trees.sort(key=lambda pair: len(pair[0]), reverse=True)
+
+    def to_gateway(self, url: str) -> str | None:
+        """The gateway path for an upstream URL, ``url`` itself if it is on another host, or None to drop it."""
+        absolute = urljoin(self.base + "/", url)
+        parts = urlsplit(absolute)
+        if parts.netloc.lower() != self.host:
+            return url
+        path_only = absolute.split("?", 1)[0].split("#", 1)[0]
+        rest = absolute[len(path_only):]
+        if path_only in self.exact:
+            return self.exact[path_only] + rest
+        for upstream_prefix, gateway_prefix in self.trees:
+            if absolute.startswith(upstream_prefix):
+                return gateway_prefix + absolute[len(upstream_prefix):]
+            if path_only + "/" == upstream_prefix:
+                return gateway_prefix.rstrip("/") + rest
+        return None
+
+    def link_header(self, value: str) -> str | None:
+        """``<https://up/x?page=2>; rel="next"`` -> ``</api/x?page=2>; rel="next"``; unmappable links are dropped."""
+        kept = []
+        for match in _LINK.finditer(value):
+            target = self.to_gateway(match[1])
+            if target is not None:
+                kept.append(f"<{target}>{match[2]}")
+        return ", ".join(kept) or None
+
+    def body(self, data: bytes, origin: str) -> bytes:
+        """Rewrite upstream URLs inside a JSON or text body to absolute gateway URLs on ``origin``."""
+        for upstream_prefix, gateway_prefix in self.trees:
+            target = origin + gateway_prefix
+            for a, b in ((upstream_prefix, target), (upstream_prefix.replace("/", "\\/"), target.replace("/", "\\/"))):
+                data = data.replace(a.encode(), b.encode())
+        return data

@@ -1,0 +1,59 @@
+"""An upstream at run time: its session, its secrets ready to attach, and ``send`` with timeout and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from ..config import UpstreamConfig
+from ..errors import UpstreamUnavailable
+from .errors import IDEMPOTENT, RETRYABLE_STATUS, upstream_errors
+from .headers import request_allowlist, response_allowlist
+from .scrub import Scrubber
+from .urls import encode_query
+
+BACKOFF = 0.05  # seconds before the first retry; doubles each time, with full jitter
+
+
+class Upstream:
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession, scrubber: Scrubber) -> None:
+        self.name = config.name
+        self.url = config.url
+        self.session = session
+        self.scrubber = scrubber
+        self.retries = config.retries
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=config.timeout, sock_read=config.timeout)
+        self.inject_headers = {name: value.reveal() for name, value in config.inject.headers}
+        self.inject_query = encode_query(tuple((name, value.reveal()) for name, value in config.inject.query))
+        self.inject_query_names = {name for name, _ in config.inject.query}
+        # an injected header always wins: the client's header of the same name is never even picked
+        self.request_allow = request_allowlist(config.forward_headers) - {n.lower() for n in self.inject_headers}
+        self.response_allow = response_allowlist(config.expose_headers)
+        self.host = URL(config.url).host
+
+    async def send(self, method: str, url: str, headers: dict[str, str], data: Any) -> aiohttp.ClientResponse:
+        """One call upstream. Retries (idempotent methods without a streamed body) on connect errors and 502/503/504,
+        never on a timeout."""
+        attempts = 1 + (self.retries if method in IDEMPOTENT and data is None else 0)
+        target = URL(url, encoded=True)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                with upstream_errors(self.name):
+                    response = await self.session.request(
+                        method, target, headers=headers, data=data, timeout=self.timeout,
+                        allow_redirects=False, raise_for_status=False,
+                    )
+            except UpstreamUnavailable:
+                if last:
+                    raise
+            else:
+                if last or response.status not in RETRYABLE_STATUS:
+                    return response
+                response.release()
+            await asyncio.sleep(random.uniform(0, BACKOFF * 2**attempt))
+        raise AssertionError("unreachable")  # the loop always returns or raises on its last attempt

@@ -1,0 +1,77 @@
+"""Build the upstream URL from the forward's path template, so no parameter can leave the upstream's base path.
+
+    upstream url  https://api.example.com/v1     forward path  /weather?q={city}&units=metric
+    city = "São Paulo/../x"   ->   https://api.example.com/v1/weather?q=S%C3%A3o%20Paulo%2F..%2Fx&units=metric
+
+Every parameter value is percent-encoded whole (``/``, ``?``, ``#``, ``\\``, ``@``, CR and LF included); a
+``[...catch]`` value keeps its ``/`` between segments, each segment encoded on its own. The router has already
+refused ``.``/``..``/empty segments, so a catch-all cannot climb out of the base path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import quote, unquote_plus
+
+from ..paths import PLACEHOLDER
+
+_QUOTE_SAFE = "-._~"
+
+
+class UrlTemplate:
+    """Compiled once per forward: literal pieces and parameter slots for the path and the query."""
+
+    def __init__(self, base_url: str, template: str, catch_params: set[str], inject_names: set[str]) -> None:
+        path, _, query = template.partition("?")
+        self._base = base_url.rstrip("/")
+        self._path = _compile(path)
+        self._query = _compile(query) if query else None
+        self._query_names = {pair.split("=", 1)[0] for pair in query.split("&") if pair} if query else set()
+        self._catch = catch_params
+        self._override = {n.lower() for n in inject_names} | {n.lower() for n in self._query_names}
+        self._static = None if len(self._path) != 1 or self._query else self._base + self._path[0]
+
+    def build(self, params: Mapping[str, str], raw: Mapping[str, list[str]], client_query: str,
+              inject_query: str) -> str:
+        """The upstream URL, already percent-encoded: client query first, then the template's, then secrets."""
+        url = self._static
+        if url is None:
+            url = self._base + "".join(self._fill(self._path, params, raw))
+        parts = []
+        if self._query is not None:
+            parts.append("".join(self._fill(self._query, params, {})))
+        if client_query:
+            parts.append(self._client_query(client_query) if self._override else client_query)
+        if inject_query:
+            parts.append(inject_query)
+        query = "&".join(p for p in parts if p)
+        return f"{url}?{query}" if query else url
+
+    def _fill(self, pieces: list[str], params: Mapping[str, str], raw: Mapping[str, list[str]]) -> list[str]:
+        out = []
+        for i, piece in enumerate(pieces):
+            if i % 2 == 0:
+                out.append(piece)
+            elif piece in raw:
+                out.append("/".join(quote(seg, safe=_QUOTE_SAFE) for seg in raw[piece]))
+            else:
+                out.append(quote(params.get(piece, ""), safe=_QUOTE_SAFE))
+        return out
+
+    def _client_query(self, query: str) -> str:
+        """Drop the client's parameters that an injected secret or the template itself sets."""
+        keep = []
+        for pair in query.split("&"):
+            name = unquote_plus(pair.split("=", 1)[0]).lower()
+            if name and name not in self._override:
+                keep.append(pair)
+        return "&".join(keep)
+
+
+def _compile(text: str) -> list[str]:
+    """``"/a/{x}/b"`` -> ``["/a/", "x", "/b"]``: literals at even positions, parameter names at odd ones."""
+    return PLACEHOLDER.split(text)
+
+
+def encode_query(pairs: tuple[tuple[str, str], ...]) -> str:
+    return "&".join(f"{quote(k, safe=_QUOTE_SAFE)}={quote(v, safe=_QUOTE_SAFE)}" for k, v in pairs)

@@ -1,0 +1,196 @@
+"""The route table: a segment trie matched in O(path depth), mounted into aiohttp as one resource under the prefix.
+
+Precedence is decided per segment, with backtracking: static > [param] > [...catch] > [[...optional]].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractResource, AbstractRoute, ResourceRoute, UrlMappingMatchInfo
+from yarl import URL
+
+from .errors import BadRequest
+from .paths import Kind, Segment, pattern_of, shape_of
+
+
+class Endpoint(Protocol):
+    """What the table routes to: a file route or a forward."""
+
+    pattern: str  # "/api/post/[pid]"
+    segments: tuple[Segment, ...]
+    kind: str  # "file" or "forward"
+    target: str  # the file, or the upstream's name: never a secret
+    source: str  # where it was declared, for conflict messages
+    methods: tuple[str, ...]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse: ...
+
+
+class RouteConflict(Exception):
+    pass
+
+
+class _Node:
+    __slots__ = ("static", "param", "catch", "optional", "endpoint")
+
+    def __init__(self) -> None:
+        self.static: dict[str, _Node] = {}
+        self.param: _Node | None = None
+        self.catch: _Node | None = None
+        self.optional: _Node | None = None
+        self.endpoint: Endpoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    endpoint: Endpoint
+    params: dict[str, str]
+    raw: dict[str, list[str]]  # catch-all params as their list of segments (for building upstream URLs)
+
+
+class RouteTable:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.endpoints: list[Endpoint] = []
+        self._root = _Node()
+        self._shapes: dict[tuple, Endpoint] = {}
+
+    def add(self, endpoint: Endpoint) -> None:
+        """Raises RouteConflict when another endpoint already answers the same paths."""
+        shape = shape_of(endpoint.segments)
+        clash = self._shapes.get(shape)
+        if clash is None and endpoint.segments and endpoint.segments[-1].kind == Kind.OPTIONAL:
+            clash = self._shapes.get(shape[:-1])  # docs/[[...p]] also answers /docs
+        if clash is None:
+            clash = self._shapes.get((*shape, (Kind.OPTIONAL, "")))
+        if clash is not None:
+            raise RouteConflict(
+                f"{endpoint.source} and {clash.source} both answer {pattern_of(self.prefix, endpoint.segments)}: "
+                "remove or rename one of them"
+            )
+        self._shapes[shape] = endpoint
+        node = self._root
+        for segment in endpoint.segments:
+            if segment.kind == Kind.STATIC:
+                node = node.static.setdefault(segment.value, _Node())
+            else:
+                attr = ("param", "catch", "optional")[segment.kind - 1]
+                if getattr(node, attr) is None:
+                    setattr(node, attr, _Node())
+                node = getattr(node, attr)
+        node.endpoint = endpoint
+        self.endpoints.append(endpoint)
+
+    def sorted(self) -> list[Endpoint]:
+        return sorted(self.endpoints, key=lambda e: [(s.kind, s.value) for s in e.segments])
+
+    def match(self, segments: list[str]) -> Match | None:
+        """``["post", "abc"]`` -> Match(post/[pid], {"pid": "abc"}); segments are already percent-decoded."""
+        values: list[str | list[str]] = []
+        endpoint = _walk(self._root, segments, 0, values)
+        if endpoint is None:
+            return None
+        params: dict[str, str] = {}
+        raw: dict[str, list[str]] = {}
+        for segment, value in zip((s for s in endpoint.segments if s.kind != Kind.STATIC), values, strict=True):
+            if isinstance(value, list):
+                raw[segment.value] = value
+                params[segment.value] = "/".join(value)
+            else:
+                params[segment.value] = value
+        return Match(endpoint, params, raw)
+
+
+def _walk(node: _Node, segs: list[str], i: int, values: list[str | list[str]]) -> Endpoint | None:
+    if i == len(segs):
+        if node.endpoint is not None:
+            return node.endpoint
+        if node.optional is not None:
+            values.append([])
+            return node.optional.endpoint
+        return None
+    seg = segs[i]
+    child = node.static.get(seg)
+    if child is not None and (found := _walk(child, segs, i + 1, values)) is not None:
+        return found
+    if node.param is not None:
+        values.append(seg)
+        if (found := _walk(node.param, segs, i + 1, values)) is not None:
+            return found
+        values.pop()
+    for tail in (node.catch, node.optional):
+        if tail is not None:
+            values.append(segs[i:])
+            return tail.endpoint
+    return None
+
+
+class GatewayResource(AbstractResource):
+    """One aiohttp resource answering everything under the prefix from the RouteTable.
+
+    aiohttp's router finds it by prefix in its index; we then match the rest of the path ourselves.
+    """
+
+    def __init__(self, table: RouteTable, redirect: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+        super().__init__(name=None)
+        self._table = table
+        self._prefix = table.prefix
+        self._routes = {id(e): ResourceRoute("*", e.handle, self) for e in table.endpoints}
+        self._redirect = ResourceRoute("*", redirect, self)
+        self._bad_path = ResourceRoute("*", _bad_path, self)
+        self._allowed = {m for e in table.endpoints for m in e.methods} | {"HEAD", "OPTIONS"}
+
+    async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
+        path = request.rel_url.raw_path
+        prefix = self._prefix
+        if prefix:
+            if not path.startswith(prefix):
+                return None, set()
+            rest = path[len(prefix):]
+            if rest and rest[0] != "/":
+                return None, set()
+        else:
+            rest = path
+        if rest.endswith("/") and path != "/":
+            return UrlMappingMatchInfo({}, self._redirect), self._allowed
+        segments = [unquote(s) for s in rest[1:].split("/")] if len(rest) > 1 else []
+        for segment in segments:
+            if segment in ("", ".", "..") or "\\" in segment or "\0" in segment:
+                return UrlMappingMatchInfo({}, self._bad_path), self._allowed
+        match = self._table.match(segments)
+        if match is None:
+            return None, set()
+        info = UrlMappingMatchInfo(match.params, self._routes[id(match.endpoint)])
+        request["gateway.match"] = match
+        return info, self._allowed
+
+    @property
+    def canonical(self) -> str:
+        return self._prefix or "/"
+
+    def url_for(self, **kwargs: str) -> URL:
+        return URL.build(path=self.canonical)
+
+    def add_prefix(self, prefix: str) -> None:
+        raise NotImplementedError("the gateway's resource cannot be mounted in a sub-application")
+
+    def get_info(self) -> dict[str, Any]:
+        return {"prefix": self._prefix}
+
+    def raw_match(self, path: str) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __iter__(self) -> Iterator[AbstractRoute]:
+        return iter(self._routes.values())
+
+
+async def _bad_path(request: web.Request) -> web.StreamResponse:
+    raise BadRequest("the path contains an empty, '.', '..' or backslash segment")

@@ -1,0 +1,77 @@
+"""Run the app: uvloop, graceful SIGTERM within shutdown_grace, and N worker processes sharing the port."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config
+from .routing import RouteTable
+
+log = logging.getLogger("gateway")
+
+
+def run(config: Config, table: RouteTable, *, host: str, port: int, workers: int, debug: bool) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if workers <= 1:
+        _serve_one(config, table, host, port, debug, reuse_port=False)
+        return 0
+    return _serve_many(config, table, host, port, debug, workers)
+
+
+def _serve_one(config: Config, table: RouteTable, host: str, port: int, debug: bool, *, reuse_port: bool) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
+        uvloop = None
+    app = create_app(config, table, debug=debug)
+    log.info("gateway listening on http://%s:%s%s (%d routes)", host, port, config.server.prefix,
+             len(table.endpoints))
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        reuse_port=reuse_port or None,
+        shutdown_timeout=config.server.shutdown_grace,
+        handler_cancellation=True,  # a client that leaves cancels its upstream call
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop() if uvloop else None,
+    )
+
+
+def _serve_many(config: Config, table: RouteTable, host: str, port: int, debug: bool, workers: int) -> int:
+    """Fork ``workers`` processes that all listen on the port (SO_REUSEPORT); pass SIGTERM/SIGINT on to them."""
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # child
+            try:
+                _serve_one(config, table, host, port, debug, reuse_port=True)
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return 0 if status in (0, -signal.SIGTERM, -signal.SIGINT) else 1
+
+
+__all__ = ["run"]
