@@ -7,10 +7,10 @@ import logging
 import traceback
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from .config import Config
-from .discovery import RouteFileError, discover, import_route
+from .discovery import RouteFileError, discover, import_route, prepare_imports
 from .errors import (
     GatewayError,
     InternalError,
@@ -55,6 +55,7 @@ def build_table(config: Config) -> RouteTable:
     display_dir = config.server.routes.as_posix().rstrip("/")
     table = RouteTable(config.server.prefix)
     files, problems = discover(routes_dir, display_dir)
+    prepare_imports(routes_dir)
     endpoints = []
     for route in files:
         try:
@@ -83,6 +84,9 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     app.router.add_get("/readyz", readyz)
     app.router.register_resource(GatewayResource(table, redirect_trailing_slash))
     app.on_response_prepare.append(_server_header)
+    # aiohttp answers a request it cannot parse (bad request line, oversized header) before any app code runs, with
+    # its default "Server: Python/3.x aiohttp/3.x"; replacing that default is the only way to keep the version out.
+    web_response.SERVER_SOFTWARE = SERVER_HEADER
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(upstream_sessions(config))
     return app

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -51,6 +52,39 @@ def discover(routes_dir: Path, display_dir: str) -> tuple[list[RouteFile], list[
             continue
         found.append(RouteFile(file, display, segments))
     return found, problems
+
+
+def prepare_imports(routes_dir: Path) -> None:
+    """Make ``routes_dir`` the one routes folder on sys.path, and forget every module imported from a routes folder.
+
+    Call once per route table, before ``import_route``: a reload, or a second routes tree in the same process, must
+    get this tree's current ``from _lib.x import y``, not a module cached from an older tree or an older version of
+    this one (nor a ``_lib`` package found in an older tree still on sys.path).
+    """
+    root = str(routes_dir)
+    roots = [*_IMPORT_ROOTS, root]
+    stale = {name for name, module in list(sys.modules.items()) if "." not in name and _located_in(module, roots)}
+    for name in [name for name in sys.modules if name.partition(".")[0] in stale]:
+        del sys.modules[name]
+    for old in roots:
+        while old in sys.path:
+            sys.path.remove(old)
+    sys.path.insert(0, root)
+    _IMPORT_ROOTS[:] = [root]
+    importlib.invalidate_caches()
+
+
+_IMPORT_ROOTS: list[str] = []  # the routes folder prepare_imports last put on sys.path: sys.path is process-wide
+
+
+def _located_in(module: ModuleType | None, roots: list[str]) -> bool:
+    spec = getattr(module, "__spec__", None)
+    if spec is None:
+        return False
+    places = list(spec.submodule_search_locations or ())
+    if spec.has_location and spec.origin:
+        places.append(spec.origin)
+    return any(place == root or place.startswith(root + os.sep) for place in places for root in roots)
 
 
 def import_route(route: RouteFile, routes_dir: Path) -> ModuleType:

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict
 
 from .config import METHODS
 from .discovery import RouteFile, RouteFileError
@@ -80,19 +81,23 @@ class FileEndpoint:
         result: Any = None
         if handler is None:
             raise MethodNotAllowed(request.method, self.allow)
+        limit = request.client_max_size if self._max_body is None else self._max_body
+        if (request.content_length or 0) > limit:  # refused up front, whether or not the handler reads the body
+            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
         if self._max_body is not None:
-            if (request.content_length or 0) > self._max_body:
-                raise PayloadTooLarge(f"the request body is larger than this route's limit of {self._max_body} bytes")
             request = request.clone(client_max_size=self._max_body)
         try:
             result = await handler(request)
             if isinstance(result, UpstreamResponse):
                 return await result.respond()
             return to_response(result)
-        except json.JSONDecodeError as exc:
-            if _raised_by_request_json(exc):
-                raise BadRequest(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-            raise
+        except web.HTTPRequestEntityTooLarge:  # a chunked body past the limit, found while reading it
+            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes") from None
+        except (ValueError, LookupError) as exc:  # JSONDecodeError, or a body not in its declared (or known) charset
+            if not _raised_by_request_json(exc):
+                raise
+            detail = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "undecodable text"
+            raise BadRequest(f"the request body is not valid JSON: {detail}") from None
         finally:
             for pending in request.get(PENDING, ()):
                 if pending is not result:
@@ -162,5 +167,9 @@ def to_response(result: Any) -> web.StreamResponse:
     if status is not None:
         response.set_status(status)
     if headers:
-        response.headers.update(headers)
+        extra = CIMultiDict(headers)
+        for name, value in extra.items():
+            if any(c in f"{name}{value}" for c in "\r\n\0"):  # aiohttp would drop the connection, not answer 500
+                raise ValueError(f"a route returned a header with a line break or NUL in it: {name!r}")
+        response.headers.update(extra)
     return response

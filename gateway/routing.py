@@ -5,12 +5,14 @@ Precedence is decided per segment, with backtracking: static > [param] > [...cat
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 from aiohttp import web
+from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp.web_urldispatcher import AbstractResource, AbstractRoute, ResourceRoute, UrlMappingMatchInfo
 from yarl import URL
 
@@ -147,26 +149,26 @@ class GatewayResource(AbstractResource):
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
         path = request.rel_url.raw_path
-        prefix = self._prefix
-        if prefix:
-            if not path.startswith(prefix):
-                return None, set()
-            rest = path[len(prefix):]
-            if rest and rest[0] != "/":
-                return None, set()
-        else:
-            rest = path
-        if rest.endswith("/") and path != "/":
+        if not path.startswith(self._prefix):
+            return None, set()
+        rest = path[len(self._prefix):]
+        if rest and rest[0] != "/":
+            return None, set()  # /apiary is not under /api; nor is "*" (OPTIONS *) under the root
+        stripped = rest.rstrip("/")
+        segments = [unquote(s) for s in stripped[1:].split("/")] if stripped else []
+        if any(map(_unsafe, segments)):  # checked before the trailing-slash redirect, so it never points at one
+            return UrlMappingMatchInfo({}, self._bad_path), self._allowed
+        if stripped != rest and path != "/":
             return UrlMappingMatchInfo({}, self._redirect), self._allowed
-        segments = [unquote(s) for s in rest[1:].split("/")] if len(rest) > 1 else []
-        for segment in segments:
-            if segment in ("", ".", "..") or "\\" in segment or "\0" in segment:
-                return UrlMappingMatchInfo({}, self._bad_path), self._allowed
         match = self._table.match(segments)
         if match is None:
             return None, set()
         info = UrlMappingMatchInfo(match.params, self._routes[id(match.endpoint)])
-        request["gateway.match"] = match
+        with warnings.catch_warnings():
+            # forward/endpoint.py reads request["gateway.match"]; web.RequestKey (aiohttp >= 3.13, which warns on
+            # str keys) would break the aiohttp >= 3.10 the package supports.
+            warnings.simplefilter("ignore", NotAppKeyWarning)
+            request["gateway.match"] = match
         return info, self._allowed
 
     @property
@@ -190,6 +192,11 @@ class GatewayResource(AbstractResource):
 
     def __iter__(self) -> Iterator[AbstractRoute]:
         return iter(self._routes.values())
+
+
+def _unsafe(segment: str) -> bool:
+    """A decoded segment no handler should see: ``..``, ``%2e%2e``, ``..%2Fx``, empty, or with a backslash or NUL."""
+    return "\\" in segment or "\0" in segment or any(part in ("", ".", "..") for part in segment.split("/"))
 
 
 async def _bad_path(request: web.Request) -> web.StreamResponse:
