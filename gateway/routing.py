@@ -5,14 +5,12 @@ Precedence is decided per segment, with backtracking: static > [param] > [...cat
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 from aiohttp import web
-from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp.web_urldispatcher import AbstractResource, AbstractRoute, ResourceRoute, UrlMappingMatchInfo
 from yarl import URL
 
@@ -53,6 +51,9 @@ class Match:
     endpoint: Endpoint
     params: dict[str, str]
     raw: dict[str, list[str]]  # catch-all params as their list of segments (for building upstream URLs)
+
+
+MATCH = web.RequestKey("gateway.match", Match)
 
 
 class RouteTable:
@@ -155,7 +156,12 @@ class GatewayResource(AbstractResource):
         if rest and rest[0] != "/":
             return None, set()  # /apiary is not under /api; nor is "*" (OPTIONS *) under the root
         stripped = rest.rstrip("/")
-        segments = [unquote(s) for s in stripped[1:].split("/")] if stripped else []
+        if not stripped:
+            segments = []
+        elif "%" in stripped:
+            segments = [unquote(s) for s in stripped[1:].split("/")]
+        else:
+            segments = stripped[1:].split("/")
         if any(map(_unsafe, segments)):  # checked before the trailing-slash redirect, so it never points at one
             return UrlMappingMatchInfo({}, self._bad_path), self._allowed
         if stripped != rest and path != "/":
@@ -164,11 +170,7 @@ class GatewayResource(AbstractResource):
         if match is None:
             return None, set()
         info = UrlMappingMatchInfo(match.params, self._routes[id(match.endpoint)])
-        with warnings.catch_warnings():
-            # forward/endpoint.py reads request["gateway.match"]; web.RequestKey (aiohttp >= 3.13, which warns on
-            # str keys) would break the aiohttp >= 3.10 the package supports.
-            warnings.simplefilter("ignore", NotAppKeyWarning)
-            request["gateway.match"] = match
+        request[MATCH] = match
         return info, self._allowed
 
     @property

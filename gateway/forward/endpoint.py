@@ -11,6 +11,7 @@ from aiohttp import web
 from ..config import Config, ForwardConfig
 from ..errors import MethodNotAllowed, PayloadTooLarge
 from ..paths import Kind, pattern_of
+from ..routing import MATCH
 from .body import request_body
 from .headers import pick_request_headers
 from .relay import relay
@@ -50,7 +51,7 @@ class ForwardEndpoint:
                 return web.Response(status=204, headers={"Allow": self.allow})
             raise MethodNotAllowed(method, self.allow)
         upstream = request.app[UPSTREAMS][self.target]
-        match = request["gateway.match"]
+        match = request[MATCH]
         url = self._url.build(match.params, match.raw, request.rel_url.raw_query_string, upstream.inject_query)
         headers = pick_request_headers(request.headers, upstream.request_allow)
         headers.update(upstream.inject_headers)
