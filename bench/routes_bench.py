@@ -82,7 +82,7 @@ async def client_load(url: str, seconds: float, connections: int = 32) -> float:
 
 def measure(url: str, seconds: float) -> float:
     if shutil.which("wrk"):
-        out = subprocess.run(pinned(1, ["wrk", "-t1", "-c64", f"-d{seconds}s", url]),
+        out = subprocess.run(pinned(1, ["wrk", "-t1", "-c64", f"-d{max(1, round(seconds))}s", url]),
                              capture_output=True, text=True, timeout=seconds + 30).stdout
         match = re.search(r"Requests/sec:\s+([\d.]+)", out)
         if not match:
@@ -113,7 +113,7 @@ def run_once(n: int, seconds: float, tmp: Path) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args()
     sizes = (10, 1000)
     results: dict[int, list[float]] = {n: [] for n in sizes}
