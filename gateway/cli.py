@@ -11,6 +11,7 @@ from pathlib import Path
 from .app import StartupError, build_table
 from .config import Config, load_config
 from .routing import RouteTable
+from .secrets import redact
 from .yamlsource import ConfigError
 
 
@@ -36,10 +37,22 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--config", help="config file (default: $GATEWAY_CONFIG or ./config.yaml)")
         if name in ("serve", "dev"):
             cmd.add_argument("--host", help="address to listen on (default: server.host, 0.0.0.0)")
-            cmd.add_argument("--port", type=int, help="port (default: $PORT, else server.port, else 8080)")
-            cmd.add_argument("--workers", type=int, help="processes sharing the port (default: server.workers)")
+            cmd.add_argument("--port", type=_port, help="port (default: $PORT, else server.port, else 8080)")
+            cmd.add_argument("--workers", type=_workers, help="processes sharing the port (default: server.workers)")
         cmd.set_defaults(run=run)
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _workers(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (1-64)")
+    return int(text)
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -51,12 +64,15 @@ def load(args: argparse.Namespace) -> tuple[Config, RouteTable] | None:
     path = _config_path(args)
     try:
         config = load_config(path)
-        _load_dotenv(config)
-        return config, build_table(config)
     except ConfigError as exc:
         _print_problems([str(p) for p in exc.problems])
+        return None
+    _load_dotenv(config)
+    try:
+        return config, build_table(config)
     except StartupError as exc:
-        _print_problems(exc.problems)
+        # a route module's import error may quote os.environ: never print a secret's value
+        _print_problems([redact(problem, config.secret_values) for problem in exc.problems])
     return None
 
 
@@ -114,7 +130,14 @@ def _serve(args: argparse.Namespace, *, debug: bool = False) -> int:
         return 1
     config, table = loaded
     host = args.host or config.server.host
-    port = args.port if args.port is not None else int(os.environ.get("PORT") or config.server.port)
+    port = args.port
+    if port is None and os.environ.get("PORT"):
+        try:
+            port = _port(os.environ["PORT"])
+        except argparse.ArgumentTypeError as exc:
+            _print_problems([f"$PORT: {exc}"])
+            return 1
+    port = config.server.port if port is None else port
     workers = args.workers or config.server.workers
     from .server import run
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -14,7 +14,7 @@ import jmespath
 import jmespath.exceptions
 
 from .paths import PLACEHOLDER, PathSyntaxError, Segment, params_of, parse_forward_path
-from .secrets import Environment, MissingVariable, Secret
+from .secrets import Environment, MissingVariable, Secret, redact
 from .units import Rate, parse_duration, parse_rate, parse_size
 from .yamlsource import ConfigError, Problem, YamlDocument, YamlPath, dotted, load_yaml
 
@@ -93,7 +93,7 @@ class Config:
     clients: ClientsConfig = ClientsConfig()
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
     forwards: tuple[ForwardConfig, ...] = ()
-    secret_values: frozenset[str] = frozenset()
+    secret_values: frozenset[str] = field(default=frozenset(), repr=False)  # raw values: never in repr(config)
 
     @property
     def routes_dir(self) -> Path:
@@ -109,7 +109,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
     reader = _Reader(doc, env)
     config = reader.config(path.resolve())
     if reader.problems:
-        raise ConfigError(reader.problems)
+        # a secret may also be used where a value is quoted (a url, a header name): never print it
+        raise ConfigError([replace(p, message=redact(p.message, reader.secrets)) for p in reader.problems])
     return config
 
 
@@ -234,7 +235,9 @@ class _Reader:
         server = self.server(top.get("server"))
         clients = self.clients(top.get("clients"))
         upstreams = self.upstreams(top.get("upstreams"))
-        forwards = self.forwards(top.get("forwards"), upstreams)
+        # check forwards against every declared upstream, even one with its own problems (reported there)
+        declared = top["upstreams"] if isinstance(top.get("upstreams"), dict) else {}
+        forwards = self.forwards(top.get("forwards"), {str(name): None for name in declared})
         return Config(file, server, clients, upstreams, forwards, frozenset(self.secrets))
 
     def server(self, value: Any) -> ServerConfig:
@@ -296,14 +299,13 @@ class _Reader:
         path: YamlPath = ("upstreams", name)
         known = ("url", "timeout", "retries", "inject", "forward_headers", "expose_headers")
         raw = self.mapping(value, path, known)
-        if not isinstance(value, dict):
+        if value is not None and not isinstance(value, dict):
             return None
         url = None
         if "url" not in raw:
             self.fail(path, "missing 'url': give the upstream's base URL, e.g. url: https://api.example.com/v1")
         elif (url := self.string(raw["url"], (*path, "url"))) is not None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            if not _is_base_url(url):
                 self.fail((*path, "url"), f"{url!r} is not an http(s) base URL like https://api.example.com/v1")
                 url = None
         timeout = self.converted(raw.get("timeout", 30), (*path, "timeout"), parse_duration)
@@ -319,7 +321,7 @@ class _Reader:
             return None
         return UpstreamConfig(name, url.rstrip("/"), timeout, retries, inject, forward_headers, expose_headers)
 
-    def forwards(self, value: Any, upstreams: Mapping[str, UpstreamConfig]) -> tuple[ForwardConfig, ...]:
+    def forwards(self, value: Any, upstreams: Mapping[str, object]) -> tuple[ForwardConfig, ...]:
         if value is None:
             return ()
         if not isinstance(value, dict):
@@ -328,11 +330,11 @@ class _Reader:
         forwards = (self.forward(str(key), item, upstreams) for key, item in value.items())
         return tuple(f for f in forwards if f is not None)
 
-    def forward(self, key: str, value: Any, upstreams: Mapping[str, UpstreamConfig]) -> ForwardConfig | None:
+    def forward(self, key: str, value: Any, upstreams: Mapping[str, object]) -> ForwardConfig | None:
         path: YamlPath = ("forwards", key)
         known = ("upstream", "path", "methods", "cache", "rate_limit", "response", "rewrite_urls", "max_body", "public")
         raw = self.mapping(value, path, known)
-        if not isinstance(value, dict):
+        if value is not None and not isinstance(value, dict):
             return None
         ok = True
         try:
@@ -402,9 +404,21 @@ class _Reader:
             try:
                 jmespath.compile(select)
             except jmespath.exceptions.JMESPathError as exc:
-                self.fail((*path, "select"), f"{select!r} is not a valid JMESPath expression: {exc}")
+                # jmespath's own text spans three lines (expression, caret): keep one line per problem
+                reason = str(exc).splitlines()[0].rstrip(":").removesuffix(", for expression")
+                self.fail((*path, "select"), f"{select!r} is not a valid JMESPath expression: {reason}")
                 return None
         return ResponseShape(tuple(drop), select)
+
+
+def _is_base_url(url: str) -> bool:
+    """``https://api.example.com/v1`` -> True; another scheme, no host, a query, a fragment or a bad port -> False."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:  # also "https://[::1" (an unclosed IPv6 bracket)
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
 
 
 def _show(value: Any) -> str:

@@ -8,7 +8,7 @@ collected so that responses can be scrubbed of it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,8 +61,9 @@ class Environment:
         dotenv = config_dir / ".env"
         if dotenv.is_file():
             for key, value in dotenv_values(dotenv).items():
-                if value is not None:
-                    merged.setdefault(key, value)
+                # the real environment wins, also when it gives the value as a file (KEY_FILE beats .env's KEY)
+                if value is not None and key not in environ and f"{key}_FILE" not in environ:
+                    merged[key] = value
         return cls(merged)
 
     def lookup(self, name: str, default: str | None) -> str:
@@ -88,3 +89,11 @@ class Environment:
         start = len(self.used)
         result = _VAR.sub(lambda m: self.lookup(m[1], m[2]), text)
         return result, self.used[start:]
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``redact("bad header 'sk-1'", {"sk-1"})`` -> ``"bad header '[REDACTED]'"``; longest secrets first."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text

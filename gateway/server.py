@@ -20,12 +20,12 @@ def run(config: Config, table: RouteTable, *, host: str, port: int, workers: int
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if workers <= 1:
-        _serve_one(config, table, host, port, debug, reuse_port=False)
-        return 0
+        return _serve_one(config, table, host, port, debug, reuse_port=False)
     return _serve_many(config, table, host, port, debug, workers)
 
 
-def _serve_one(config: Config, table: RouteTable, host: str, port: int, debug: bool, *, reuse_port: bool) -> None:
+def _serve_one(config: Config, table: RouteTable, host: str, port: int, debug: bool, *, reuse_port: bool) -> int:
+    """Serve until SIGTERM/SIGINT: 0; 1 after one ``error:`` line when the port cannot be listened on."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
@@ -33,30 +33,28 @@ def _serve_one(config: Config, table: RouteTable, host: str, port: int, debug: b
     app = create_app(config, table, debug=debug)
     log.info("gateway listening on http://%s:%s%s (%d routes)", host, port, config.server.prefix,
              len(table.endpoints))
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        reuse_port=reuse_port or None,
-        shutdown_timeout=config.server.shutdown_grace,
-        handler_cancellation=True,  # a client that leaves cancels its upstream call
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop() if uvloop else None,
-    )
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            reuse_port=reuse_port or None,
+            shutdown_timeout=config.server.shutdown_grace,
+            handler_cancellation=True,  # a client that leaves cancels its upstream call
+            access_log=None,
+            print=None,
+            loop=uvloop.new_event_loop() if uvloop else None,
+        )
+    except (OSError, OverflowError) as exc:  # address in use, no such address, permission denied
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"error: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _serve_many(config: Config, table: RouteTable, host: str, port: int, debug: bool, workers: int) -> int:
     """Fork ``workers`` processes that all listen on the port (SO_REUSEPORT); pass SIGTERM/SIGINT on to them."""
-    children = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # child
-            try:
-                _serve_one(config, table, host, port, debug, reuse_port=True)
-            finally:
-                os._exit(0)
-        children.append(pid)
+    children: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -65,8 +63,21 @@ def _serve_many(config: Config, table: RouteTable, host: str, port: int, debug: 
             except ProcessLookupError:
                 pass
 
+    # handlers first: a SIGTERM that arrives while forking still reaches every child already started
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # child: default signals until its event loop installs its own graceful handlers
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            code = 1
+            try:
+                code = _serve_one(config, table, host, port, debug, reuse_port=True)
+            finally:
+                os._exit(code)
+        children.append(pid)
+
     status = 0
     for child in children:
         _, code = os.waitpid(child, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -32,6 +33,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
+        if not math.isfinite(value):  # YAML's .inf / .nan
+            raise ValueError("expected a duration like 250ms, 10s, 5m, 1h or a number of seconds")
         return float(value)
     match = _DURATION.match(str(value))
     if not match:

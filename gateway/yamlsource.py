@@ -72,11 +72,14 @@ def load_yaml(path: Path, display: str) -> YamlDocument:
         raise ConfigError([Problem(display, line, "", f"invalid YAML: {what}")]) from None
     doc = YamlDocument(display, data if data is not None else {})
     if node is not None:
-        _index(node, (), doc)
+        _index(node, (), doc, set())
     return doc
 
 
-def _index(node: yaml.Node, path: YamlPath, doc: YamlDocument) -> None:
+def _index(node: yaml.Node, path: YamlPath, doc: YamlDocument, visited: set[int]) -> None:
+    if id(node) in visited:  # an alias (*name): indexed where its anchor is; also stops `a: &x [*x]` recursing
+        return
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -86,8 +89,8 @@ def _index(node: yaml.Node, path: YamlPath, doc: YamlDocument) -> None:
                 doc.duplicates.append((child, key_node.start_mark.line + 1))
             seen.add(key)
             doc.lines[child] = key_node.start_mark.line + 1
-            _index(value_node, child, doc)
+            _index(value_node, child, doc, visited)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             doc.lines[(*path, i)] = item.start_mark.line + 1
-            _index(item, (*path, i), doc)
+            _index(item, (*path, i), doc, visited)

@@ -1,0 +1,1 @@
+"""The forward path: client request -> upstream call with secrets injected -> masked response."""
