@@ -22,9 +22,13 @@ from .headers import pick_request_headers
 from .relay import relay, response_headers
 from .sessions import UPSTREAMS
 from .upstream import Upstream
-from .urls import encode_query
+from .urls import encode_query, without_params
 
-PENDING = "gateway.upstream_responses"
+# the forward() answers of one request, closed when the handler is done; a typed key where aiohttp has them (it
+# warns on str keys since 3.13), a str key on the older versions the package still supports
+PENDING: Any = (
+    web.RequestKey("gateway.upstream_responses", list) if hasattr(web, "RequestKey") else "gateway.upstream_responses"
+)
 
 
 class UpstreamResponse:
@@ -35,7 +39,7 @@ class UpstreamResponse:
         self._response = response
         self._upstream = upstream
         self.status = response.status
-        self.headers: CIMultiDict[str] = response_headers(response, upstream, None)
+        self.headers: CIMultiDict[str] = response_headers(response, upstream, upstream.rewriter)
 
     async def read(self) -> bytes:
         return self._upstream.scrubber.scrub(await self._response.read())
@@ -51,7 +55,7 @@ class UpstreamResponse:
         if self._response._body is not None:
             self.headers.popall("Content-Length", None)
             return web.Response(status=self.status, headers=self.headers, body=await self.read())
-        return await relay(self._request, self._response, self._upstream)
+        return await relay(self._request, self._response, self._upstream, rewriter=self._upstream.rewriter)
 
     def close(self) -> None:
         self._response.close()
@@ -76,16 +80,17 @@ async def forward(
     up = upstreams[upstream]
     target, path_query = _safe_path(path)
     url = up.url + target
+    injected = {name.lower() for name in up.inject_query_names}  # as in a forward: the client can never set these
     if query is None:
-        client_query = req.rel_url.raw_query_string
-        pairs = [p for p in client_query.split("&") if p and unquote(p.split("=", 1)[0]) not in up.inject_query_names]
-        query_string = "&".join(pairs)
+        query_string = req.rel_url.raw_query_string
     else:
-        query_string = encode_query(tuple((k, str(v)) for k, v in query.items() if k not in up.inject_query_names))
-    query_string = "&".join(q for q in (path_query, query_string, up.inject_query) if q)
+        query_string = encode_query(tuple((k, str(v)) for k, v in query.items()))
+    parts = (without_params(path_query, injected), without_params(query_string, injected), up.inject_query)
+    query_string = "&".join(q for q in parts if q)
     if query_string:
         url = f"{url}?{query_string}"
-    method = (method or req.method).upper()
+    # HEAD is answered by the GET handler, which may read the upstream's body: ask for it with GET
+    method = (method or ("GET" if req.method == "HEAD" else req.method)).upper()
     out_headers = pick_request_headers(req.headers, up.request_allow)
     for name, value in (headers or {}).items():
         if name.lower() not in {n.lower() for n in up.inject_headers}:

@@ -9,6 +9,7 @@ Two body modes, chosen per forward at start-up (STYLE rule 3):
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ from .upstream import Upstream
 log = logging.getLogger("gateway.upstream")
 BUFFER_LIMIT = 1024 * 1024  # bodies up to this size with a known length are read whole: faster, bounded memory
 LOGGED_ERROR_BODY = 2048
+DECODED = frozenset({"gzip", "deflate", "br", "zstd", "identity"})  # what the session's auto_decompress undoes
 
 
 async def relay(
@@ -43,7 +45,8 @@ async def relay(
         if request.method == "HEAD" or up.status in (204, 304):
             up.release()
             return web.Response(status=up.status, headers=headers)
-        if shape is not None or rewrite_body:
+        events = _is_event_stream(up)
+        if shape is not None or (rewrite_body and not events):
             return await _shaped(request, up, upstream, headers, rewriter, shape, rewrite_body)
         length = up.content_length
         if length is not None and length <= BUFFER_LIMIT and "Content-Length" in headers:
@@ -54,13 +57,18 @@ async def relay(
     except BaseException:
         up.close()
         raise
-    return await _stream(request, up, upstream, headers)
+    edit = None
+    if rewrite_body and rewriter is not None:  # events stay a stream: each chunk (an event, in practice) rewritten
+        origin = f"{request.scheme}://{request.host}"
+        edit = functools.partial(rewriter.body, origin=origin)
+    return await _stream(request, up, upstream, headers, edit)
 
 
 def response_headers(up: aiohttp.ClientResponse, upstream: Upstream, rewriter: UrlRewriter | None) -> CIMultiDict[str]:
     headers = pick_response_headers(up.headers, upstream.response_allow)
-    if "Content-Encoding" in up.headers:
-        # the session decoded the body (so it could be scrubbed): its old encoding and length no longer apply
+    if up.headers.get("Content-Encoding", "").lower() in DECODED:
+        # the session decoded the body (so it could be scrubbed): its old encoding and length no longer apply;
+        # an encoding it does not know ("gzip, gzip", "x-snappy") reaches the client as is, with its header
         headers.popall("Content-Encoding", None)
         headers.popall("Content-Length", None)
     scrub = upstream.scrubber.scrub_text if upstream.scrubber else None
@@ -70,13 +78,17 @@ def response_headers(up: aiohttp.ClientResponse, upstream: Upstream, rewriter: U
             if clean != value:
                 headers[name] = clean
     if rewriter is not None:
+        # also when expose_headers lists them: an upstream URL that cannot be mapped is removed, never passed on
+        for name in ("Location", "Content-Location", "Link"):
+            headers.popall(name, None)
+        here = str(up.url.with_query(None).with_fragment(None))  # what a relative URL is relative to
         for name in ("Location", "Content-Location"):
             if name in up.headers:
-                target = rewriter.to_gateway(up.headers[name])
+                target = rewriter.to_gateway(up.headers[name], here)
                 if target is not None:
                     headers[name] = scrub(target) if scrub else target
         if "Link" in up.headers:
-            links = [rewriter.link_header(v) for v in up.headers.getall("Link")]
+            links = [rewriter.link_header(v, here) for v in up.headers.getall("Link")]
             for link in links:
                 if link:
                     headers.add("Link", scrub(link) if scrub else link)
@@ -113,10 +125,14 @@ async def _shaped(request, up, upstream, headers, rewriter, shape, rewrite_body)
     return web.Response(status=up.status, headers=headers, body=upstream.scrubber.scrub(body))
 
 
+def _is_event_stream(up: aiohttp.ClientResponse) -> bool:
+    return up.headers.get("Content-Type", "").startswith("text/event-stream")
+
+
 async def _stream(request: web.Request, up: aiohttp.ClientResponse, upstream: Upstream,
-                  headers: CIMultiDict[str]) -> web.StreamResponse:
+                  headers: CIMultiDict[str], edit: Callable[[bytes], bytes] | None = None) -> web.StreamResponse:
     headers.popall("Content-Length", None)
-    if up.headers.get("Content-Type", "").startswith("text/event-stream"):
+    if _is_event_stream(up):
         headers["Cache-Control"] = "no-cache, no-transform"
         headers["X-Accel-Buffering"] = "no"
     response = web.StreamResponse(status=up.status, headers=headers)
@@ -127,13 +143,13 @@ async def _stream(request: web.Request, up: aiohttp.ClientResponse, upstream: Up
         if scrubber:
             stream = scrubber.stream()
             async for chunk in up.content.iter_any():
-                if out := stream.feed(chunk):
+                if out := stream.feed(edit(chunk) if edit else chunk):
                     await response.write(out)
             if tail := stream.flush():
                 await response.write(tail)
         else:
             async for chunk in up.content.iter_any():
-                await response.write(chunk)
+                await response.write(edit(chunk) if edit else chunk)
         await response.write_eof()
         finished = True
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -21,6 +21,7 @@ class UrlRewriter:
     def __init__(self, upstream: UpstreamConfig, forwards: Iterable[ForwardConfig], prefix: str) -> None:
         self.base = upstream.url
         self.host = urlsplit(upstream.url).netloc.lower()
+        self.hostname = urlsplit(upstream.url).hostname or ""
         self.trees: list[tuple[str, str]] = []  # (upstream URL prefix ending in /, gateway path prefix ending in /)
         self.exact: dict[str, str] = {}
         for forward in forwards:
@@ -37,13 +38,24 @@ class UrlRewriter:
                 if "{" not in forward.path:
                     self.exact[self.base + forward.path] = gateway or "/"
         self.trees.sort(key=lambda pair: len(pair[0]), reverse=True)
+        # an absolute URL on the upstream in a body, also with JSON's escaped slashes (http:\/\/host\/x)
+        scheme, netloc = urlsplit(upstream.url)[:2]
+        slash = rb"\\?/"
+        self._in_body = re.compile(
+            re.escape(scheme.encode()) + rb":" + slash + slash + re.escape(netloc.encode())
+            + rb"(?![\w.:@-])(?:\\/|[^\s\"'<>\\])*",
+            re.IGNORECASE,
+        )
 
-    def to_gateway(self, url: str) -> str | None:
-        """The gateway path for an upstream URL, ``url`` itself if it is on another host, or None to drop it."""
-        absolute = urljoin(self.base + "/", url)
+    def to_gateway(self, url: str, request_url: str | None = None) -> str | None:
+        """The gateway path for an upstream URL, ``url`` itself if it is on another host, or None to drop it.
+        A relative ``url`` is resolved against ``request_url`` (the upstream URL it answers), else the base."""
+        absolute = urljoin(request_url or self.base + "/", url)
         parts = urlsplit(absolute)
-        if parts.netloc.lower() != self.host:
+        if parts.hostname != self.hostname:
             return url
+        if parts.netloc.lower() != self.host or any(s in (".", "..") for s in parts.path.split("/")):
+            return None  # the upstream's host with another port or a user, or a path that climbs: never shown
         path_only = absolute.split("?", 1)[0].split("#", 1)[0]
         rest = absolute[len(path_only):]
         if path_only in self.exact:
@@ -55,19 +67,25 @@ class UrlRewriter:
                 return gateway_prefix.rstrip("/") + rest
         return None
 
-    def link_header(self, value: str) -> str | None:
+    def link_header(self, value: str, request_url: str | None = None) -> str | None:
         """``<https://up/x?page=2>; rel="next"`` -> ``</api/x?page=2>; rel="next"``; unmappable links are dropped."""
         kept = []
         for match in _LINK.finditer(value):
-            target = self.to_gateway(match[1])
+            target = self.to_gateway(match[1], request_url)
             if target is not None:
                 kept.append(f"<{target}>{match[2]}")
         return ", ".join(kept) or None
 
     def body(self, data: bytes, origin: str) -> bytes:
-        """Rewrite upstream URLs inside a JSON or text body to absolute gateway URLs on ``origin``."""
-        for upstream_prefix, gateway_prefix in self.trees:
-            target = origin + gateway_prefix
-            for a, b in ((upstream_prefix, target), (upstream_prefix.replace("/", "\\/"), target.replace("/", "\\/"))):
-                data = data.replace(a.encode(), b.encode())
-        return data
+        """Rewrite upstream URLs inside a JSON or text body to absolute gateway URLs on ``origin``, as in headers:
+        ``"https://up/v3/repos/x"`` -> ``"https://gw/api/gh/repos/x"``; one that cannot be mapped becomes ``""``."""
+
+        def rewrite(match: re.Match[bytes]) -> bytes:
+            text = match[0].decode("latin-1")
+            found = text.rstrip(".,;:!?)")  # "see https://up/x." in prose: the full stop is not the URL's
+            escaped = "\\/" in found
+            target = self.to_gateway(found.replace("\\/", "/"))
+            out = "" if target is None else origin + target
+            return ((out.replace("/", "\\/") if escaped else out) + text[len(found):]).encode("latin-1")
+
+        return self._in_body.sub(rewrite, data)

@@ -8,6 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from ..config import Config
+from .rewrite import UrlRewriter
 from .scrub import Scrubber
 from .upstream import Upstream
 
@@ -28,7 +29,8 @@ def upstream_sessions(config: Config) -> Callable[[web.Application], AsyncIterat
                 auto_decompress=True,  # a compressed body is decoded so that it can be scrubbed; its header dropped
             )
             opened.append(session)
-            upstreams[name] = Upstream(upstream, session, scrubber)
+            rewriter = UrlRewriter(upstream, config.forwards, config.server.prefix)
+            upstreams[name] = Upstream(upstream, session, scrubber, rewriter)
         app[UPSTREAMS] = upstreams
         try:
             yield

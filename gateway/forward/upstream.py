@@ -13,6 +13,7 @@ from ..config import UpstreamConfig
 from ..errors import UpstreamUnavailable
 from .errors import IDEMPOTENT, RETRYABLE_STATUS, upstream_errors
 from .headers import request_allowlist, response_allowlist
+from .rewrite import UrlRewriter
 from .scrub import Scrubber
 from .urls import encode_query
 
@@ -20,7 +21,8 @@ BACKOFF = 0.05  # seconds before the first retry; doubles each time, with full j
 
 
 class Upstream:
-    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession, scrubber: Scrubber) -> None:
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession, scrubber: Scrubber,
+                 rewriter: UrlRewriter | None = None) -> None:
         self.name = config.name
         self.url = config.url
         self.session = session
@@ -34,6 +36,7 @@ class Upstream:
         self.request_allow = request_allowlist(config.forward_headers) - {n.lower() for n in self.inject_headers}
         self.response_allow = response_allowlist(config.expose_headers)
         self.host = URL(config.url).host
+        self.rewriter = rewriter  # maps Location/Link under this upstream to gateway paths (or removes them)
 
     async def send(self, method: str, url: str, headers: dict[str, str], data: Any) -> aiohttp.ClientResponse:
         """One call upstream. Retries (idempotent methods without a streamed body) on connect errors and 502/503/504,

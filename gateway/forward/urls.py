@@ -60,17 +60,22 @@ class UrlTemplate:
 
     def _client_query(self, query: str) -> str:
         """Drop the client's parameters that an injected secret or the template itself sets."""
-        keep = []
-        for pair in query.split("&"):
-            name = unquote_plus(pair.split("=", 1)[0]).lower()
-            if name and name not in self._override:
-                keep.append(pair)
-        return "&".join(keep)
+        return without_params(query, self._override)
 
 
 def _compile(text: str) -> list[str]:
     """``"/a/{x}/b"`` -> ``["/a/", "x", "/b"]``: literals at even positions, parameter names at odd ones."""
     return PLACEHOLDER.split(text)
+
+
+def without_params(query: str, names: set[str]) -> str:
+    """``"a=1&KEY=x&%6Bey=y"`` without ``{"key"}`` -> ``"a=1"``: names compared decoded and case-insensitively."""
+    keep = []
+    for pair in query.split("&"):
+        name = unquote_plus(pair.split("=", 1)[0]).lower()
+        if name and name not in names:
+            keep.append(pair)
+    return "&".join(keep)
 
 
 def encode_query(pairs: tuple[tuple[str, str], ...]) -> str:
