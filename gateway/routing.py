@@ -158,11 +158,14 @@ class GatewayResource(AbstractResource):
         stripped = rest.rstrip("/")
         if not stripped:
             segments = []
+            unsafe = False
         elif "%" in stripped:
             segments = [unquote(s) for s in stripped[1:].split("/")]
-        else:
+            unsafe = any(map(_unsafe, segments))
+        else:  # nothing encoded: no segment can hide a "/" (the common, cheaper case)
             segments = stripped[1:].split("/")
-        if any(map(_unsafe, segments)):  # checked before the trailing-slash redirect, so it never points at one
+            unsafe = "" in segments or "." in segments or ".." in segments or "\\" in stripped or "\0" in stripped
+        if unsafe:  # checked before the trailing-slash redirect, so it never points at one
             return UrlMappingMatchInfo({}, self._bad_path), self._allowed
         if stripped != rest and path != "/":
             return UrlMappingMatchInfo({}, self._redirect), self._allowed

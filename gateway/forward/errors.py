@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 import aiohttp
 
 from ..errors import UpstreamTimeout, UpstreamUnavailable
 
 
-@contextmanager
-def upstream_errors(name: str) -> Iterator[None]:
-    try:
-        yield
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamTimeout(f"upstream {name!r} did not answer in time") from None
-    except aiohttp.ClientError:
-        raise UpstreamUnavailable(f"upstream {name!r} could not be reached") from None
-    except OSError:
-        raise UpstreamUnavailable(f"upstream {name!r} could not be reached") from None
+class upstream_errors:  # noqa: N801 - used like a function: ``with upstream_errors(name): ...``
+    """Context manager translating client exceptions; a plain class, as it sits on every request's path."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        if kind is None:
+            return False
+        if issubclass(kind, TimeoutError | aiohttp.ServerTimeoutError):
+            raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from None
+        if issubclass(kind, aiohttp.ClientError | OSError):
+            raise UpstreamUnavailable(f"upstream {self.name!r} could not be reached") from None
+        return False
 
 
 RETRYABLE_STATUS = frozenset({502, 503, 504})

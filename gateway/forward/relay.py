@@ -18,7 +18,6 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..errors import UpstreamError
-from .errors import upstream_errors
 from .headers import pick_response_headers
 from .rewrite import UrlRewriter
 from .upstream import Upstream
@@ -50,7 +49,7 @@ async def relay(
             return await _shaped(request, up, upstream, headers, rewriter, shape, rewrite_body)
         length = up.content_length
         if length is not None and length <= BUFFER_LIMIT and "Content-Length" in headers:
-            with upstream_errors(upstream.name):
+            with upstream.errors:
                 body = await up.read()
             headers.popall("Content-Length", None)
             return web.Response(status=up.status, headers=headers, body=upstream.scrubber.scrub(body))
@@ -72,12 +71,12 @@ def response_headers(up: aiohttp.ClientResponse, upstream: Upstream, rewriter: U
         headers.popall("Content-Encoding", None)
         headers.popall("Content-Length", None)
     scrub = upstream.scrubber.scrub_text if upstream.scrubber else None
-    if scrub is not None:
+    if scrub is not None and scrub(joined := "\n".join(headers.values())) != joined:  # one scan for all headers
         for name, value in list(headers.items()):
             clean = scrub(value)
             if clean != value:
                 headers[name] = clean
-    if rewriter is not None:
+    if rewriter is not None and ("Location" in up.headers or "Content-Location" in up.headers or "Link" in up.headers):
         # also when expose_headers lists them: an upstream URL that cannot be mapped is removed, never passed on
         for name in ("Location", "Content-Location", "Link"):
             headers.popall(name, None)
@@ -98,7 +97,7 @@ def response_headers(up: aiohttp.ClientResponse, upstream: Upstream, rewriter: U
 async def _withhold(up: aiohttp.ClientResponse, upstream: Upstream) -> None:
     """An upstream 5xx: log (scrubbed) what it said, tell the client only that the upstream failed."""
     try:
-        with upstream_errors(upstream.name):
+        with upstream.errors:
             snippet = await up.content.read(LOGGED_ERROR_BODY)
     except Exception:
         snippet = b""
@@ -111,7 +110,7 @@ async def _withhold(up: aiohttp.ClientResponse, upstream: Upstream) -> None:
 
 
 async def _shaped(request, up, upstream, headers, rewriter, shape, rewrite_body) -> web.Response:
-    with upstream_errors(upstream.name):
+    with upstream.errors:
         body = await up.read()
     if shape is not None and 200 <= up.status < 300:
         try:

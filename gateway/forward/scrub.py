@@ -6,7 +6,8 @@ first or last characters — APIs that echo a masked key (``sk-live-TOPSEC****cd
 A fragment always ends on a whole encoded character (never inside ``%2B`` or a UTF-8 sequence), so a scrubbed
 body stays valid UTF-8. Overlapping appearances become one ``[REDACTED]``; adjacent ones stay two.
 
-Scanning uses ``bytes.find`` on 8-byte needles (fast, C speed); only around a hit is a match extended.
+Scanning searches each 8-byte needle with StringZilla's SIMD ``find`` (about 15x ``bytes.find`` on JSON, which
+made scrubbing cost as much as the whole proxying of a 1 MiB body); only around a hit is a match extended.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from urllib.parse import quote, quote_plus
+
+from stringzilla import find as _find  # (haystack, needle, start) -> index or -1, like bytes.find
 
 REDACTED = b"[REDACTED]"
 FRAGMENT = 8
@@ -115,20 +118,20 @@ class Scrubber:
         """Where secrets appear in ``data``: sorted, overlapping appearances merged."""
         spans = []
         for head, forms in self._heads.items():
-            at = data.find(head)
+            at = _find(data, head, 0)
             while at != -1:
                 n = max(f.prefix[_common_prefix(data, at, f.value)] for f in forms)
                 if n:
                     spans.append((at, at + n))
-                at = data.find(head, at + 1)
+                at = _find(data, head, at + 1)
         for tail, forms in self._tails.items():
-            at = data.find(tail)
+            at = _find(data, tail, 0)
             while at != -1:
                 end = at + FRAGMENT
                 n = max(f.suffix[_common_suffix(data, end, f.value)] for f in forms)
                 if n:
                     spans.append((end - n, end))
-                at = data.find(tail, at + 1)
+                at = _find(data, tail, at + 1)
         if not spans:
             return spans
         spans.sort()

@@ -36,6 +36,7 @@ class Upstream:
         self.request_allow = request_allowlist(config.forward_headers) - {n.lower() for n in self.inject_headers}
         self.response_allow = response_allowlist(config.expose_headers)
         self.host = URL(config.url).host
+        self.errors = upstream_errors(config.name)
         self.rewriter = rewriter  # maps Location/Link under this upstream to gateway paths (or removes them)
 
     async def send(self, method: str, url: str, headers: dict[str, str], data: Any) -> aiohttp.ClientResponse:
@@ -46,7 +47,7 @@ class Upstream:
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                with upstream_errors(self.name):
+                with self.errors:
                     response = await self.session.request(
                         method, target, headers=headers, data=data, timeout=self.timeout,
                         allow_redirects=False, raise_for_status=False,
