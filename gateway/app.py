@@ -23,6 +23,7 @@ from .errors import (
 )
 from .file_routes import FileEndpoint
 from .forward.endpoint import ForwardEndpoint
+from .forward.scrub import Scrubber
 from .forward.sessions import upstream_sessions
 from .routing import GatewayResource, RouteConflict, RouteTable
 
@@ -32,6 +33,7 @@ SERVER_HEADER = "gateway"  # a fixed generic word: no software name, no version
 
 @dataclass
 class Runtime:
+    scrubber: Scrubber
     debug: bool = False
     draining: bool = False
 
@@ -78,7 +80,8 @@ def build_table(config: Config) -> RouteTable:
 def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web.Application:
     app = web.Application(middlewares=[render_errors], client_max_size=config.server.max_body)
     app[CONFIG] = config
-    app[RUNTIME] = Runtime(debug=debug)
+    scrubber = Scrubber(config.secret_values)  # one for the app: upstream bodies, headers and our own log lines
+    app[RUNTIME] = Runtime(scrubber, debug=debug)
     app[TABLE] = table
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -88,7 +91,7 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     # its default "Server: Python/3.x aiohttp/3.x"; replacing that default is the only way to keep the version out.
     web_response.SERVER_SOFTWARE = SERVER_HEADER
     app.on_shutdown.append(_start_draining)
-    app.cleanup_ctx.append(upstream_sessions(config))
+    app.cleanup_ctx.append(upstream_sessions(config, scrubber))
     return app
 
 
@@ -108,9 +111,11 @@ async def render_errors(request: web.Request, handler) -> web.StreamResponse:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
-        if request.app[RUNTIME].debug:
-            trace = "".join(traceback.format_exception(exc))
+        runtime = request.app[RUNTIME]
+        # a handler's exception may quote a secret it read from the environment: scrub before it is logged or shown
+        trace = runtime.scrubber.scrub_text("".join(traceback.format_exception(exc)))
+        log.error("unhandled error in %s %s\n%s", request.method, request.rel_url.path, trace.rstrip())
+        if runtime.debug:
             return error_response(500, "internal_error", trace)
         return render(InternalError())
 

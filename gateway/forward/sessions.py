@@ -15,9 +15,8 @@ from .upstream import Upstream
 UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
 
 
-def upstream_sessions(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
+def upstream_sessions(config: Config, scrubber: Scrubber) -> Callable[[web.Application], AsyncIterator[None]]:
     """The cleanup_ctx that owns every upstream's session for the life of the app."""
-    scrubber = Scrubber(config.secret_values)
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:
         opened = []
