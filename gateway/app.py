@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import traceback
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from .discovery import RouteFileError, discover, import_route, prepare_imports
 from .errors import (
     GatewayError,
     InternalError,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     error_response,
@@ -25,7 +25,7 @@ from .file_routes import FileEndpoint
 from .forward.endpoint import ForwardEndpoint
 from .forward.scrub import Scrubber
 from .forward.sessions import upstream_sessions
-from .routing import GatewayResource, RouteConflict, RouteTable
+from .routing import FallbackResource, GatewayResource, Handler, RouteConflict, RouteTable
 
 log = logging.getLogger("gateway")
 SERVER_HEADER = "gateway"  # a fixed generic word: no software name, no version
@@ -78,56 +78,77 @@ def build_table(config: Config) -> RouteTable:
 
 
 def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web.Application:
-    app = web.Application(middlewares=[render_errors], client_max_size=config.server.max_body)
+    app = web.Application(client_max_size=config.server.max_body)
     app[CONFIG] = config
     scrubber = Scrubber(config.secret_values)  # one for the app: upstream bodies, headers and our own log lines
     app[RUNTIME] = Runtime(scrubber, debug=debug)
     app[TABLE] = table
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.register_resource(GatewayResource(table, redirect_trailing_slash))
-    app.on_response_prepare.append(_server_header)
-    # aiohttp answers a request it cannot parse (bad request line, oversized header) before any app code runs, with
-    # its default "Server: Python/3.x aiohttp/3.x"; replacing that default is the only way to keep the version out.
+    app.router.add_route("*", "/healthz", guard(healthz))
+    app.router.add_route("*", "/readyz", guard(readyz))
+    app.router.register_resource(GatewayResource(table, redirect_trailing_slash, wrap=guard))
+    app.router.register_resource(FallbackResource(guard(not_found)))  # last: whatever nothing else matched
+    # aiohttp sets "Server: Python/3.x aiohttp/3.x" on every response that has none, also on a request it cannot
+    # parse (before any app code runs): replacing that default is the one way to keep software and version out.
     web_response.SERVER_SOFTWARE = SERVER_HEADER
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(upstream_sessions(config, scrubber))
     return app
 
 
-@web.middleware
-async def render_errors(request: web.Request, handler) -> web.StreamResponse:
-    """The one place where exceptions become responses: the gateway's own errors as JSON, never a traceback."""
-    try:
-        return await handler(request)
-    except GatewayError as exc:
+def guard(handler: Handler) -> Handler:
+    """Wrap a handler so that its exceptions become responses: the one place where that happens.
+
+    A wrapper per route rather than an aiohttp middleware: middlewares cost every request a few extra frames.
+    """
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            limit = request.client_max_size
+            return render(PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes"))
+        except web.HTTPException as exc:
+            if exc.status >= 400 and has_default_body(exc):
+                return render_http_exception(exc)
+            raise  # a redirect, or an error with a body of the handler's own: aiohttp sends it as is
+        except Exception as exc:  # CancelledError is a BaseException: a client that left is not an error
+            return _error_response(request, exc)
+
+    return guarded
+
+
+def _error_response(request: web.Request, exc: Exception) -> web.Response:
+    """The gateway's own errors as JSON, never a traceback (except under ``gateway dev``)."""
+    if isinstance(exc, GatewayError):
         return render(exc)
-    except web.HTTPRequestEntityTooLarge:
-        return render(PayloadTooLarge(f"the request body is larger than the limit of {request.client_max_size} bytes"))
-    except web.HTTPException as exc:
-        if exc.status >= 400 and has_default_body(exc):
-            return render_http_exception(exc)
-        raise
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        runtime = request.app[RUNTIME]
-        # a handler's exception may quote a secret it read from the environment: scrub before it is logged or shown
-        trace = runtime.scrubber.scrub_text("".join(traceback.format_exception(exc)))
-        log.error("unhandled error in %s %s\n%s", request.method, request.rel_url.path, trace.rstrip())
-        if runtime.debug:
-            return error_response(500, "internal_error", trace)
-        return render(InternalError())
+    runtime = request.app[RUNTIME]
+    # a handler's exception may quote a secret it read from the environment: scrub before it is logged or shown
+    trace = runtime.scrubber.scrub_text("".join(traceback.format_exception(exc)))
+    log.error("unhandled error in %s %s\n%s", request.method, request.rel_url.path, trace.rstrip())
+    if runtime.debug:
+        return error_response(500, "internal_error", trace)
+    return render(InternalError())
+
+
+async def not_found(request: web.Request) -> web.StreamResponse:
+    raise NotFound()
 
 
 async def healthz(request: web.Request) -> web.Response:
+    _only_get(request)
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
+    _only_get(request)
     if request.app[RUNTIME].draining:
         return error_response(503, "unavailable", "the gateway is shutting down", {"Retry-After": "1"})
     return web.json_response({"status": "ready"})
+
+
+def _only_get(request: web.Request) -> None:
+    if request.method not in ("GET", "HEAD"):
+        raise MethodNotAllowed(request.method, "GET, HEAD")
 
 
 async def redirect_trailing_slash(request: web.Request) -> web.StreamResponse:
@@ -138,10 +159,6 @@ async def redirect_trailing_slash(request: web.Request) -> web.StreamResponse:
     query = request.rel_url.raw_query_string
     location = f"{path}?{query}" if query else path
     return web.Response(status=308, headers={"Location": location})
-
-
-async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = SERVER_HEADER
 
 
 async def _start_draining(app: web.Application) -> None:

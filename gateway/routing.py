@@ -133,19 +133,26 @@ def _walk(node: _Node, segs: list[str], i: int, values: list[str | list[str]]) -
     return None
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _as_is(handler: Handler) -> Handler:
+    return handler
+
+
 class GatewayResource(AbstractResource):
     """One aiohttp resource answering everything under the prefix from the RouteTable.
 
     aiohttp's router finds it by prefix in its index; we then match the rest of the path ourselves.
     """
 
-    def __init__(self, table: RouteTable, redirect: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+    def __init__(self, table: RouteTable, redirect: Handler, *, wrap: Callable[[Handler], Handler] = _as_is) -> None:
         super().__init__(name=None)
         self._table = table
         self._prefix = table.prefix
-        self._routes = {id(e): ResourceRoute("*", e.handle, self) for e in table.endpoints}
-        self._redirect = ResourceRoute("*", redirect, self)
-        self._bad_path = ResourceRoute("*", _bad_path, self)
+        self._routes = {id(e): ResourceRoute("*", wrap(e.handle), self) for e in table.endpoints}
+        self._redirect = ResourceRoute("*", wrap(redirect), self)
+        self._bad_path = ResourceRoute("*", wrap(_bad_path), self)
         self._allowed = {m for e in table.endpoints for m in e.methods} | {"HEAD", "OPTIONS"}
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
@@ -202,6 +209,39 @@ class GatewayResource(AbstractResource):
 def _unsafe(segment: str) -> bool:
     """A decoded segment no handler should see: ``..``, ``%2e%2e``, ``..%2Fx``, empty, or with a backslash or NUL."""
     return "\\" in segment or "\0" in segment or any(part in ("", ".", "..") for part in segment.split("/"))
+
+
+class FallbackResource(AbstractResource):
+    """Registered last, it answers every path nothing else matched (so 404s come from the gateway, as JSON)."""
+
+    def __init__(self, handler: Handler) -> None:
+        super().__init__(name=None)
+        self._route = ResourceRoute("*", handler, self)
+
+    async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
+        return UrlMappingMatchInfo({}, self._route), set()
+
+    @property
+    def canonical(self) -> str:
+        return "/"
+
+    def url_for(self, **kwargs: str) -> URL:
+        return URL.build(path="/")
+
+    def add_prefix(self, prefix: str) -> None:
+        raise NotImplementedError("the gateway's resource cannot be mounted in a sub-application")
+
+    def get_info(self) -> dict[str, Any]:
+        return {"fallback": True}
+
+    def raw_match(self, path: str) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[AbstractRoute]:
+        return iter((self._route,))
 
 
 async def _bad_path(request: web.Request) -> web.StreamResponse:

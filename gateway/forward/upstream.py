@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from typing import Any
 
@@ -16,6 +17,13 @@ from .headers import request_allowlist, response_allowlist
 from .rewrite import UrlRewriter
 from .scrub import Scrubber
 from .urls import encode_query
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(url: str) -> URL:
+    """URLs repeat (the same few API paths): parsing each only once saves a few microseconds a request."""
+    return URL(url, encoded=True)
+
 
 BACKOFF = 0.05  # seconds before the first retry; doubles each time, with full jitter
 
@@ -43,7 +51,7 @@ class Upstream:
         """One call upstream. Retries (idempotent methods without a streamed body) on connect errors and 502/503/504,
         never on a timeout."""
         attempts = 1 + (self.retries if method in IDEMPOTENT and data is None else 0)
-        target = URL(url, encoded=True)
+        target = _parsed(url)
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
