@@ -62,6 +62,7 @@ class RouteTable:
         self.endpoints: list[Endpoint] = []
         self._root = _Node()
         self._shapes: dict[tuple, Endpoint] = {}
+        self._names: dict[int, tuple[str, ...]] = {}  # each endpoint's parameter names, in path order
 
     def add(self, endpoint: Endpoint) -> None:
         """Raises RouteConflict when another endpoint already answers the same paths."""
@@ -88,6 +89,7 @@ class RouteTable:
                 node = getattr(node, attr)
         node.endpoint = endpoint
         self.endpoints.append(endpoint)
+        self._names[id(endpoint)] = tuple(s.value for s in endpoint.segments if s.kind != Kind.STATIC)
 
     def sorted(self) -> list[Endpoint]:
         return sorted(self.endpoints, key=lambda e: [(s.kind, s.value) for s in e.segments])
@@ -98,14 +100,16 @@ class RouteTable:
         endpoint = _walk(self._root, segments, 0, values)
         if endpoint is None:
             return None
+        if not values:
+            return Match(endpoint, {}, {})
         params: dict[str, str] = {}
         raw: dict[str, list[str]] = {}
-        for segment, value in zip((s for s in endpoint.segments if s.kind != Kind.STATIC), values, strict=True):
+        for name, value in zip(self._names[id(endpoint)], values, strict=True):
             if isinstance(value, list):
-                raw[segment.value] = value
-                params[segment.value] = "/".join(value)
+                raw[name] = value
+                params[name] = "/".join(value)
             else:
-                params[segment.value] = value
+                params[name] = value
         return Match(endpoint, params, raw)
 
 
