@@ -25,6 +25,7 @@ from .file_routes import FileEndpoint
 from .forward.endpoint import ForwardEndpoint
 from .forward.scrub import Scrubber
 from .forward.sessions import upstream_sessions
+from .request_id import add_request_id
 from .routing import FallbackResource, GatewayResource, Handler, RouteConflict, RouteTable
 
 log = logging.getLogger("gateway")
@@ -90,6 +91,7 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     # aiohttp sets "Server: Python/3.x aiohttp/3.x" on every response that has none, also on a request it cannot
     # parse (before any app code runs): replacing that default is the one way to keep software and version out.
     web_response.SERVER_SOFTWARE = SERVER_HEADER
+    app.on_response_prepare.append(add_request_id)
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(upstream_sessions(config, scrubber))
     return app

@@ -24,11 +24,8 @@ from .sessions import UPSTREAMS
 from .upstream import Upstream
 from .urls import encode_query, without_params
 
-# the forward() answers of one request, closed when the handler is done; a typed key where aiohttp has them (it
-# warns on str keys since 3.13), a str key on the older versions the package still supports
-PENDING: Any = (
-    web.RequestKey("gateway.upstream_responses", list) if hasattr(web, "RequestKey") else "gateway.upstream_responses"
-)
+# the forward() answers of one request, closed when the handler is done
+PENDING = web.RequestKey("gateway.upstream_responses", list)
 
 
 class UpstreamResponse:
