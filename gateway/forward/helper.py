@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from ..errors import InternalError, PayloadTooLarge
 from .body import request_body
+from .client import Response
 from .headers import pick_request_headers
 from .relay import relay, response_headers
 from .sessions import UPSTREAMS
@@ -31,7 +31,7 @@ PENDING = web.RequestKey("gateway.upstream_responses", list)
 class UpstreamResponse:
     """What ``forward()`` returns: status, safe headers, and the body — always scrubbed of secrets."""
 
-    def __init__(self, request: web.Request, response: aiohttp.ClientResponse, upstream: Upstream) -> None:
+    def __init__(self, request: web.Request, response: Response, upstream: Upstream) -> None:
         self._request = request
         self._response = response
         self._upstream = upstream

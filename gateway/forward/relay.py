@@ -13,11 +13,11 @@ import functools
 import logging
 from collections.abc import Callable
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from ..errors import UpstreamError
+from .client import DECODABLE, Response
 from .headers import pick_response_headers
 from .rewrite import UrlRewriter
 from .upstream import Upstream
@@ -25,12 +25,12 @@ from .upstream import Upstream
 log = logging.getLogger("gateway.upstream")
 BUFFER_LIMIT = 1024 * 1024  # bodies up to this size with a known length are read whole: faster, bounded memory
 LOGGED_ERROR_BODY = 2048
-DECODED = frozenset({"gzip", "deflate", "br", "zstd", "identity"})  # what the session's auto_decompress undoes
+DECODED = DECODABLE | {"identity"}  # what the client decodes: the body no longer matches the header
 
 
 async def relay(
     request: web.Request,
-    up: aiohttp.ClientResponse,
+    up: Response,
     upstream: Upstream,
     *,
     rewriter: UrlRewriter | None = None,
@@ -63,7 +63,7 @@ async def relay(
     return await _stream(request, up, upstream, headers, edit)
 
 
-def response_headers(up: aiohttp.ClientResponse, upstream: Upstream, rewriter: UrlRewriter | None) -> CIMultiDict[str]:
+def response_headers(up: Response, upstream: Upstream, rewriter: UrlRewriter | None) -> CIMultiDict[str]:
     headers = pick_response_headers(up.headers, upstream.response_allow)
     if up.headers.get("Content-Encoding", "").lower() in DECODED:
         # the session decoded the body (so it could be scrubbed): its old encoding and length no longer apply;
@@ -94,7 +94,7 @@ def response_headers(up: aiohttp.ClientResponse, upstream: Upstream, rewriter: U
     return headers
 
 
-async def _withhold(up: aiohttp.ClientResponse, upstream: Upstream) -> None:
+async def _withhold(up: Response, upstream: Upstream) -> None:
     """An upstream 5xx: log (scrubbed) what it said, tell the client only that the upstream failed."""
     try:
         with upstream.errors:
@@ -124,11 +124,11 @@ async def _shaped(request, up, upstream, headers, rewriter, shape, rewrite_body)
     return web.Response(status=up.status, headers=headers, body=upstream.scrubber.scrub(body))
 
 
-def _is_event_stream(up: aiohttp.ClientResponse) -> bool:
+def _is_event_stream(up: Response) -> bool:
     return up.headers.get("Content-Type", "").startswith("text/event-stream")
 
 
-async def _stream(request: web.Request, up: aiohttp.ClientResponse, upstream: Upstream,
+async def _stream(request: web.Request, up: Response, upstream: Upstream,
                   headers: CIMultiDict[str], edit: Callable[[bytes], bytes] | None = None) -> web.StreamResponse:
     headers.popall("Content-Length", None)
     if _is_event_stream(up):
@@ -151,7 +151,7 @@ async def _stream(request: web.Request, up: aiohttp.ClientResponse, upstream: Up
                 await response.write(edit(chunk) if edit else chunk)
         await response.write_eof()
         finished = True
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (OSError, TimeoutError) as exc:
         # headers are already sent: all we can do is cut the connection so the client sees a truncated body
         log.warning("upstream %s failed mid-stream: %s", upstream.name, type(exc).__name__)
         request.transport and request.transport.close()

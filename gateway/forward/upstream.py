@@ -3,40 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 from typing import Any
 
-import aiohttp
 from yarl import URL
 
 from ..config import UpstreamConfig
 from ..errors import UpstreamUnavailable
+from .client import Pool, Response
 from .errors import IDEMPOTENT, RETRYABLE_STATUS, upstream_errors
 from .headers import request_allowlist, response_allowlist
 from .rewrite import UrlRewriter
 from .scrub import Scrubber
 from .urls import encode_query
 
-
-@functools.lru_cache(maxsize=4096)
-def _parsed(url: str) -> URL:
-    """URLs repeat (the same few API paths): parsing each only once saves a few microseconds a request."""
-    return URL(url, encoded=True)
-
-
 BACKOFF = 0.05  # seconds before the first retry; doubles each time, with full jitter
 
 
 class Upstream:
-    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession, scrubber: Scrubber,
+    def __init__(self, config: UpstreamConfig, pool: Pool, scrubber: Scrubber,
                  rewriter: UrlRewriter | None = None) -> None:
         self.name = config.name
         self.url = config.url
-        self.session = session
+        self.pool = pool
         self.scrubber = scrubber
         self.retries = config.retries
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=config.timeout, sock_read=config.timeout)
+        self.timeout = config.timeout
         self.inject_headers = {name: value.reveal() for name, value in config.inject.headers}
         self.inject_query = encode_query(tuple((name, value.reveal()) for name, value in config.inject.query))
         self.inject_query_names = {name for name, _ in config.inject.query}
@@ -47,25 +39,21 @@ class Upstream:
         self.errors = upstream_errors(config.name)
         self.rewriter = rewriter  # maps Location/Link under this upstream to gateway paths (or removes them)
 
-    async def send(self, method: str, url: str, headers: dict[str, str], data: Any) -> aiohttp.ClientResponse:
+    async def send(self, method: str, url: str, headers: dict[str, str], data: Any) -> Response:
         """One call upstream. Retries (idempotent methods without a streamed body) on connect errors and 502/503/504,
         never on a timeout."""
         attempts = 1 + (self.retries if method in IDEMPOTENT and data is None else 0)
-        target = _parsed(url)
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
                 with self.errors:
-                    response = await self.session.request(
-                        method, target, headers=headers, data=data, timeout=self.timeout,
-                        allow_redirects=False, raise_for_status=False,
-                    )
+                    response = await self.pool.request(method, url, headers, data, self.timeout)
             except UpstreamUnavailable:
                 if last:
                     raise
             else:
                 if last or response.status not in RETRYABLE_STATUS:
                     return response
-                response.release()
+                response.close()
             await asyncio.sleep(random.uniform(0, BACKOFF * 2**attempt))
         raise AssertionError("unreachable")  # the loop always returns or raises on its last attempt
