@@ -32,6 +32,7 @@ from yarl import URL
 
 HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the upstream pauses
 DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
+_CHUNKED_HEAD_END = b"\r\nTransfer-Encoding: chunked\r\n\r\n"
 _UNSAFE = re.compile(r"[\r\n\0]").search
 
 
@@ -84,7 +85,7 @@ class Pool:
                 lines.append(f"Content-Length: {len(body)}")
         elif body is not None:
             if "content-length" not in names:
-                lines.append("Transfer-Encoding: chunked")
+                lines.append("Transfer-Encoding: chunked")  # last line of the head: send() knows it by that
         elif method in ("POST", "PUT", "PATCH"):
             lines.append("Content-Length: 0")
         for name, value in headers.items():
@@ -158,8 +159,8 @@ class Connection(asyncio.Protocol):
         self._can_write.set()
         response = self.response
         if response is not None and not response.complete:
-            if response.status and response.until_eof:
-                response._finish()  # a body delimited by the end of the connection
+            if response.status and response.until_eof and exc is None:
+                response._finish()  # a body delimited by the end of the connection (a reset cuts it short)
             else:
                 self._fail(UpstreamClosed("the upstream closed the connection"))
 
@@ -191,6 +192,8 @@ class Connection(asyncio.Protocol):
             self.response._feed(body)
 
     def on_message_complete(self) -> None:
+        if self._parser.get_status_code() < 200:
+            return  # the end of an interim answer: the response is still to come
         self.reusable = self._parser.should_keep_alive() and not self._head_only
         if self.response is not None:
             self.response._finish()
@@ -211,7 +214,7 @@ class Connection(asyncio.Protocol):
             else:
                 self.transport.write(head)
                 if body is not None:
-                    await self._write_stream(body, chunked=b"Transfer-Encoding: chunked" in head)
+                    await self._write_stream(body, chunked=head.endswith(_CHUNKED_HEAD_END))
             await response._wait_headers()
             done = True
             return response
@@ -239,7 +242,8 @@ class Connection(asyncio.Protocol):
         """The consumer is done with ``response``: back to the pool if it was read to the end, else closed."""
         if self.response is response:
             self.response = None
-            if response.complete and response.error is None and self.reusable and not self.closed:
+            if (response.complete and response.error is None and self.reusable and not self.closed
+                    and not response._paused):  # released unread while reading was paused
                 self.pool.release(self)
             else:
                 self.close()
@@ -266,6 +270,8 @@ class Response:
         self._paused = False
         self._decoder: Any = None
         self._raw_deflate_possible = False
+        self._compressed_seen = False
+        self._deflate_start = b""  # what the zlib attempt was fed while raw deflate is still possible
         self._body: bytes | None = None
         self.status = 0
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
@@ -323,23 +329,33 @@ class Response:
             self._wake()
 
     def _decode(self, data: bytes) -> bytes | None:
+        self._compressed_seen = self._compressed_seen or bool(data)
+        if self._raw_deflate_possible:
+            self._deflate_start += data
         try:
             out = self._decoder.decompress(data)
         except zlib.error:
             if self._raw_deflate_possible:  # "deflate" without its zlib header, as some servers send it
                 self._raw_deflate_possible = False
                 self._decoder = zlib.decompressobj(wbits=-15)
-                return self._decode(data)
+                start, self._deflate_start = self._deflate_start, b""
+                return self._decode(start)
             self._fail(ConnectionError("the upstream sent a body that does not match its Content-Encoding"))
             self._conn.close()
             return None
-        self._raw_deflate_possible = False
+        if self._raw_deflate_possible and len(self._deflate_start) >= 2:  # its zlib header checked out
+            self._raw_deflate_possible = False
+            self._deflate_start = b""
         return out
 
     def _finish(self) -> None:
         if self._decoder is not None:
             tail = self._decoder.flush()
+            truncated = self._compressed_seen and not self._decoder.eof
             self._decoder = None
+            if truncated:  # the compressed stream stopped before its end: the body is not whole
+                self._fail(ConnectionError("the upstream's compressed body ended early"))
+                return
             if tail:
                 self._chunks.append(tail)
         self.complete = True
