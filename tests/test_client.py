@@ -841,6 +841,30 @@ async def test_a_slow_consumer_keeps_the_buffer_bounded_and_gets_the_whole_body(
     assert peak <= 3 * HIGH_WATER
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_highly_compressed_body_is_inflated_a_step_at_a_time(aiohttp_raw_server, pools, encoding):
+    size = 64 << 20  # 64 MiB of zeros: about 64 KiB compressed, a ratio no flow control on the input can bound
+    compressor = zlib.compressobj(wbits=31 if encoding == "gzip" else 15)
+    encoded = compressor.compress(bytes(size)) + compressor.flush()
+    assert len(encoded) < size // 500
+
+    async def bomb(request: web.BaseRequest) -> web.Response:
+        return web.Response(body=encoded, headers={"Content-Encoding": encoding})
+
+    up = Upstream(bomb)
+    pool = pools(await up.serve(aiohttp_raw_server))
+    response = await get(pool)
+    received, peak = 0, 0
+    async with asyncio.timeout(WAIT * 4):
+        async for chunk in response.iter_any():
+            assert not chunk.strip(b"\0")
+            received += len(chunk)
+            peak = max(peak, response._buffered + len(chunk))
+    assert received == size
+    assert peak <= 2 * HIGH_WATER  # never the whole 64 MiB, nor one input chunk's worth of it
+    assert len(pool._idle) == 1  # read to the end: the connection was resumed and pooled again
+
+
 async def test_releasing_an_unread_paused_response_does_not_pool_a_paused_connection(raw_server, pools):
     body = b"y" * (HIGH_WATER + 64 * 1024)  # arrives in two reads: the second pauses reading and completes the body
 

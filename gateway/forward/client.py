@@ -31,6 +31,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the upstream pauses
+INFLATE_STEP = 64 * 1024  # decoded bytes made at a time from a compressed body: memory stays flat for any ratio
 DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
 _CHUNKED_HEAD_END = b"\r\nTransfer-Encoding: chunked\r\n\r\n"
 _UNSAFE = re.compile(r"[\r\n\0]").search
@@ -271,6 +272,8 @@ class Response:
         self._decoder: Any = None
         self._raw_deflate_possible = False
         self._compressed_seen = False
+        self._inflate_tail = b""  # compressed input not decoded yet (decoding goes INFLATE_STEP bytes at a time)
+        self._input_done = False
         self._deflate_start = b""  # what the zlib attempt was fed while raw deflate is still possible
         self._body: bytes | None = None
         self.status = 0
@@ -317,23 +320,50 @@ class Response:
 
     def _feed(self, data: bytes) -> None:
         if self._decoder is not None:
+            if self._inflate_tail:  # still inflating earlier input: this waits its turn
+                self._inflate_tail += data
+                return
             data = self._decode(data)
             if data is None:
                 return
         if data:
             self._chunks.append(data)
             self._buffered += len(data)
-            if self._buffered > HIGH_WATER and not self._paused and self._conn.transport is not None:
-                self._paused = True
-                self._conn.transport.pause_reading()
+            if self._buffered > HIGH_WATER:
+                self._pause()
             self._wake()
+        if self._inflate_tail:
+            self._pause()
+
+    def _pause(self) -> None:
+        if not self._paused and self._conn.transport is not None:
+            self._paused = True
+            self._conn.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._paused and not self._inflate_tail and self._buffered <= HIGH_WATER // 2:
+            if self._conn.transport is not None:
+                self._paused = False
+                self._conn.transport.resume_reading()
+
+    def _inflate_more(self) -> None:
+        """Decode the next step of compressed input that was held back (a small input may expand enormously)."""
+        tail, self._inflate_tail = self._inflate_tail, b""
+        out = self._decode(tail)
+        if out:
+            self._chunks.append(out)
+            self._buffered += len(out)
+        if not self._inflate_tail and self._input_done:
+            self._finish()
+        self._resume()
 
     def _decode(self, data: bytes) -> bytes | None:
         self._compressed_seen = self._compressed_seen or bool(data)
         if self._raw_deflate_possible:
             self._deflate_start += data
         try:
-            out = self._decoder.decompress(data)
+            out = self._decoder.decompress(data, INFLATE_STEP)
+            self._inflate_tail = self._decoder.unconsumed_tail
         except zlib.error:
             if self._raw_deflate_possible:  # "deflate" without its zlib header, as some servers send it
                 self._raw_deflate_possible = False
@@ -349,6 +379,10 @@ class Response:
         return out
 
     def _finish(self) -> None:
+        if self._inflate_tail:  # all input is here, but not all of it is decoded yet: iter_any finishes
+            self._input_done = True
+            self._wake()
+            return
         if self._decoder is not None:
             tail = self._decoder.flush()
             truncated = self._compressed_seen and not self._decoder.eof
@@ -395,10 +429,10 @@ class Response:
             if self._chunks:
                 chunk = self._chunks.popleft()
                 self._buffered -= len(chunk)
-                if self._paused and self._buffered <= HIGH_WATER // 2 and self._conn.transport is not None:
-                    self._paused = False
-                    self._conn.transport.resume_reading()
+                self._resume()
                 yield chunk
+            elif self._inflate_tail and self.error is None:
+                self._inflate_more()
             elif self.error is not None:
                 raise self.error
             elif self.complete:
