@@ -19,11 +19,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 import httpx2
 from cli_support import PYTHON_M, Server, clean_env, free_port
 from upstream_support import Recorder
+from upstream_support import leaks as any_leaks
 
 WAIT = 5.0  # seconds: reached only when the behaviour under test is broken
 
@@ -35,14 +35,8 @@ ENV = {"OPENAI_API_KEY": OPENAI_KEY, "OPENWEATHER_KEY": WEATHER_KEY}
 
 
 def leaks(text: str | bytes) -> list[str]:
-    """Every form of a secret found in ``text``: whole, URL-encoded, or a 12-character head or tail of it."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    found = []
-    for secret in SECRETS:
-        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-            found += [piece for piece in (form, form[:12], form[-12:]) if piece in text]
-    return found
+    """Every form of the e2e secrets found in ``text`` (see upstream_support.leaks)."""
+    return any_leaks(text, SECRETS)
 
 
 async def serve(aiohttp_server: Any, up: Recorder) -> int:
