@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web, web_response
 
+from .auth import require_api_key
 from .config import Config
 from .discovery import RouteFileError, discover, import_route, prepare_imports
 from .errors import (
@@ -86,7 +87,9 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     app[TABLE] = table
     app.router.add_route("*", "/healthz", guard(healthz))
     app.router.add_route("*", "/readyz", guard(readyz))
-    app.router.register_resource(GatewayResource(table, redirect_trailing_slash, wrap=guard))
+    keys = config.clients.api_keys
+    protect = require_api_key(keys) if keys else None
+    app.router.register_resource(GatewayResource(table, redirect_trailing_slash, wrap=guard, protect=protect))
     app.router.register_resource(FallbackResource(guard(not_found)))  # last: whatever nothing else matched
     # aiohttp sets "Server: Python/3.x aiohttp/3.x" on every response that has none, also on a request it cannot
     # parse (before any app code runs): replacing that default is the one way to keep software and version out.

@@ -70,6 +70,7 @@ class FileEndpoint:
         self.pattern = pattern_of(prefix, route.segments)
         self.target = self.source = route.display
         self.options = route_options(module, route.display)
+        self.public = self.options.public
         self._handlers = _exported_handlers(module, route.display)
         self.methods = tuple(sorted(self._handlers))
         self.allow = ", ".join(self.methods)

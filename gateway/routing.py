@@ -27,6 +27,7 @@ class Endpoint(Protocol):
     target: str  # the file, or the upstream's name: never a secret
     source: str  # where it was declared, for conflict messages
     methods: tuple[str, ...]
+    public: bool  # needs no client API key
 
     async def handle(self, request: web.Request) -> web.StreamResponse: ...
 
@@ -150,11 +151,15 @@ class GatewayResource(AbstractResource):
     aiohttp's router finds it by prefix in its index; we then match the rest of the path ourselves.
     """
 
-    def __init__(self, table: RouteTable, redirect: Handler, *, wrap: Callable[[Handler], Handler] = _as_is) -> None:
+    def __init__(self, table: RouteTable, redirect: Handler, *, wrap: Callable[[Handler], Handler] = _as_is,
+                 protect: Callable[[Handler], Handler] | None = None) -> None:
         super().__init__(name=None)
         self._table = table
         self._prefix = table.prefix
-        self._routes = {id(e): ResourceRoute("*", wrap(e.handle), self) for e in table.endpoints}
+        self._routes = {
+            id(e): ResourceRoute("*", wrap(e.handle if e.public or protect is None else protect(e.handle)), self)
+            for e in table.endpoints
+        }
         self._redirect = ResourceRoute("*", wrap(redirect), self)
         self._bad_path = ResourceRoute("*", wrap(_bad_path), self)
         self._allowed = {m for e in table.endpoints for m in e.methods} | {"HEAD", "OPTIONS"}

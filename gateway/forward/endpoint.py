@@ -31,6 +31,7 @@ class ForwardEndpoint:
         self.target = forward.upstream
         where = f"{config.file.name}:{forward.line}" if forward.line else config.file.name
         self.source = f"{where}: forwards.{forward.key}"
+        self.public = forward.public
         allowed = set(forward.methods) | {"OPTIONS"}
         if "GET" in allowed:
             allowed.add("HEAD")
