@@ -498,3 +498,19 @@ def test_dev_reloads_a_changed_config(tmp_path: Path) -> None:
         wait_until(moved, 20, "the new prefix", server.alive)
         assert json_of(server.get("/v2/user")) == {"name": "John Doe"}
         assert server.terminate() == 0
+
+
+def test_check_warns_about_settings_not_applied_yet(tmp_path: Path) -> None:
+    config = CONFIG.replace("    path: /weather?q={city}&units=metric\n",
+                            "    path: /weather?q={city}&units=metric\n    cache: 5m\n    rate_limit: 30/minute\n", 1)
+    config += "clients:\n  rate_limit: 120/minute\n  cors: { origins: ['https://app.example.com'] }\n"
+    routes = {"user.py": USER_ROUTE, "slow.py": "config = {'cache': '30s'}\nasync def GET(req):\n    return 'x'\n"}
+    make_project(tmp_path, config, routes=routes)
+    result = run_cli(PYTHON_M, "check", cwd=tmp_path, env=clean_env(**ENV))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert "warning: config.yaml: clients.cors: not applied yet in this version (no CORS headers are sent)" in warnings
+    assert "warning: config.yaml: clients.rate_limit: not enforced yet in this version" in warnings
+    assert any("forwards.weather/[city].cache: not applied yet" in w for w in warnings), warnings
+    assert any("forwards.weather/[city].rate_limit: not applied yet" in w for w in warnings), warnings
+    assert any("slow.py: config['cache']: not applied yet" in w for w in warnings), warnings
