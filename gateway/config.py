@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import jmespath
 import jmespath.exceptions
 
+from .config_reader import ValueReader, show_value
 from .paths import PLACEHOLDER, PathSyntaxError, Segment, params_of, parse_forward_path
-from .secrets import Environment, MissingVariable, Secret, redact
+from .secrets import Environment, Secret, redact
 from .units import Rate, parse_duration, parse_rate, parse_size
-from .yamlsource import ConfigError, Problem, YamlDocument, YamlPath, dotted, load_yaml
+from .yamlsource import ConfigError, YamlPath, load_yaml
 
-T = TypeVar("T")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 @dataclass(frozen=True)
@@ -114,115 +113,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
     return config
 
 
-class _Reader:
+class _Reader(ValueReader):
     """Walks the YAML data once, collecting every problem instead of stopping at the first."""
-
-    def __init__(self, doc: YamlDocument, env: Environment) -> None:
-        self.doc = doc
-        self.env = env
-        self.problems: list[Problem] = []
-        self.secrets: set[str] = set()
-        for dup_path, line in doc.duplicates:
-            self.problems.append(Problem(doc.file, line, dotted(dup_path), "duplicate key: remove one of them"))
-
-    def fail(self, path: YamlPath, message: str) -> None:
-        self.problems.append(Problem(self.doc.file, self.doc.line(path), dotted(path), message))
-
-    # -- scalars -------------------------------------------------------------------------------------------
-
-    def mapping(self, value: Any, path: YamlPath, known: tuple[str, ...]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping of {', '.join(known)}, got {_show(value)}")
-            return {}
-        for key in value:
-            if str(key) not in known:
-                hint = difflib.get_close_matches(str(key), known, n=1)
-                fix = f"did you mean {hint[0]!r}?" if hint else f"known keys: {', '.join(known)}"
-                self.fail((*path, str(key)), f"unknown key {str(key)!r}: {fix}")
-        return {str(k): v for k, v in value.items() if str(k) in known}
-
-    def string(self, value: Any, path: YamlPath, *, secret: bool = False) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            self.fail(path, f"expected a string, got {_show(value)}")
-            return None
-        try:
-            text, used = self.env.interpolate(str(value))
-        except MissingVariable as exc:
-            self.fail(path, f"environment variable {exc.name} is not set: set it, add it to .env beside the config, "
-                            f"or give a default with ${{{str(exc.name).split(' ')[0]}:-value}}")
-            return None
-        if secret:
-            self.secrets.update(v for v in used if v)
-        return text
-
-    def converted(self, value: Any, path: YamlPath, parse: Callable[[Any], T]) -> T | None:
-        raw = value
-        if isinstance(value, str):
-            value = self.string(value, path)
-            if value is None:
-                return None
-        try:
-            return parse(value)
-        except (ValueError, TypeError) as exc:
-            self.fail(path, f"{_show(raw)}: {exc}")
-            return None
-
-    def integer(self, value: Any, path: YamlPath, low: int, high: int | None = None) -> int | None:
-        def parse(v: Any) -> int:
-            if isinstance(v, bool) or not isinstance(v, int | str) or not str(v).strip().isdigit():
-                raise ValueError("expected a whole number")
-            n = int(v)
-            if n < low or (high is not None and n > high):
-                raise ValueError(f"must be between {low} and {high}" if high else f"must be at least {low}")
-            return n
-
-        return self.converted(value, path, parse)
-
-    def boolean(self, value: Any, path: YamlPath) -> bool | None:
-        if not isinstance(value, bool):
-            self.fail(path, f"expected true or false, got {_show(value)}")
-            return None
-        return value
-
-    def string_list(self, value: Any, path: YamlPath, *, secret: bool = False) -> list[str]:
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.fail(path, f"expected a list of strings, got {_show(value)}")
-            return []
-        items = [self.string(item, (*path, i), secret=secret) for i, item in enumerate(value)]
-        return [item for item in items if item is not None]
-
-    def header_names(self, value: Any, path: YamlPath) -> tuple[str, ...]:
-        names = self.string_list(value, path)
-        for i, name in enumerate(names):
-            if not name or not set(name) <= _TOKEN:
-                self.fail((*path, i), f"{name!r} is not a valid header name")
-        return tuple(names)
-
-    def secret_map(self, value: Any, path: YamlPath, *, header: bool) -> tuple[tuple[str, Secret], ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping of names to values, got {_show(value)}")
-            return ()
-        out = []
-        for name, raw in value.items():
-            name = str(name)
-            item_path = (*path, name)
-            if header and (not name or not set(name) <= _TOKEN):
-                self.fail(item_path, f"{name!r} is not a valid header name")
-                continue
-            text = self.string(raw, item_path, secret=True)
-            if text is None:
-                continue
-            if header and any(c in text for c in "\r\n\0"):
-                self.fail(item_path, "a header value cannot contain CR, LF or NUL characters")
-                continue
-            out.append((name, Secret(text)))
-        return tuple(out)
 
     # -- sections ------------------------------------------------------------------------------------------
 
@@ -287,7 +179,7 @@ class _Reader:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.fail(("upstreams",), f"expected a mapping of upstream names, got {_show(value)}")
+            self.fail(("upstreams",), f"expected a mapping of upstream names, got {show_value(value)}")
             return {}
         out = {}
         for name, item in value.items():
@@ -325,7 +217,7 @@ class _Reader:
         if value is None:
             return ()
         if not isinstance(value, dict):
-            self.fail(("forwards",), f"expected a mapping of route paths to forwards, got {_show(value)}")
+            self.fail(("forwards",), f"expected a mapping of route paths to forwards, got {show_value(value)}")
             return ()
         forwards = (self.forward(str(key), item, upstreams) for key, item in value.items())
         return tuple(f for f in forwards if f is not None)
@@ -419,13 +311,3 @@ def _is_base_url(url: str) -> bool:
     except ValueError:  # also "https://[::1" (an unclosed IPv6 bracket)
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing"
-    return repr(value)
