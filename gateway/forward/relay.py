@@ -25,6 +25,7 @@ from .upstream import Upstream
 log = logging.getLogger("gateway.upstream")
 BUFFER_LIMIT = 1024 * 1024  # bodies up to this size with a known length are read whole: faster, bounded memory
 LOGGED_ERROR_BODY = 2048
+SHAPE_LIMIT = 16 * 1024 * 1024  # the most a shaped or URL-rewritten body may be: it is read whole
 DECODED = DECODABLE | {"identity"}  # what the client decodes: the body no longer matches the header
 
 
@@ -111,7 +112,11 @@ async def _withhold(up: Response, upstream: Upstream) -> None:
 
 async def _shaped(request, up, upstream, headers, rewriter, shape, rewrite_body) -> web.Response:
     with upstream.errors:
-        body = await up.read()
+        body = await up.read(SHAPE_LIMIT + 1)  # a shaped body is held whole in memory: never an unbounded one
+    if len(body) > SHAPE_LIMIT:
+        up.close()
+        log.warning("upstream %s sent more than %d bytes to a shaped forward: not relayed", upstream.name, SHAPE_LIMIT)
+        raise UpstreamError(f"upstream {upstream.name!r} answered with a body too large to shape")
     if shape is not None and 200 <= up.status < 300:
         try:
             body = shape(body)

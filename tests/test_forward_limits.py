@@ -1,0 +1,45 @@
+"""A shaped or URL-rewritten answer is read whole, so it has a ceiling: past it, 502 and nothing held."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from aiohttp import web
+from upstream_support import Recorder, gateway
+
+relay = importlib.import_module("gateway.forward.relay")  # the module, not the forward() function of the package
+
+FORWARDS = """
+forwards:
+  shaped: { upstream: svc, path: /doc, response: { select: "{n: n}" } }
+  rewritten: { upstream: svc, path: /doc, rewrite_urls: true }
+  plain: { upstream: svc, path: /doc }
+"""
+
+
+@pytest.fixture
+async def client(aiohttp_client, aiohttp_server, tmp_path, monkeypatch):
+    monkeypatch.setattr(relay, "SHAPE_LIMIT", 1000)
+    up = Recorder()
+
+    async def doc(request: web.Request) -> web.Response:
+        size = int(request.query.get("size", "10"))
+        return web.Response(text='{"n": 1, "pad": "' + "x" * size + '"}', content_type="application/json")
+
+    up.route("GET", "/base/doc", doc)
+    return await gateway(aiohttp_client, tmp_path, await up.serve(aiohttp_server), FORWARDS)
+
+
+@pytest.mark.parametrize("path", ["/api/shaped", "/api/rewritten"])
+async def test_an_answer_over_the_shaping_limit_is_a_502(client, path):
+    resp = await client.get(path, params={"size": "5000"})
+    assert resp.status == 502
+    assert (await resp.json())["error"] == "upstream_error"
+
+
+async def test_an_answer_under_the_limit_is_shaped_and_a_large_plain_one_passes(client):
+    resp = await client.get("/api/shaped", params={"size": "10"})
+    assert resp.status == 200 and await resp.json() == {"n": 1}
+    resp = await client.get("/api/plain", params={"size": "5000"})  # not shaped: streamed or read as usual
+    assert resp.status == 200 and len(await resp.read()) > 5000
