@@ -179,6 +179,18 @@ def test_link_header_keeps_mappable_links_only(rewriter: UrlRewriter) -> None:
     assert rewriter.link_header('<https://api.example.com/private>; rel="last"') is None
 
 
+def test_link_header_parameters_may_quote_a_comma(rewriter: UrlRewriter) -> None:
+    value = ('<https://api.example.com/v3/repos?page=2>; rel="next"; title="a, b", '
+             '<https://api.example.com/private/y>; rel="x"')
+    assert rewriter.link_header(value) == '</api/gh/repos?page=2>; rel="next"; title="a, b"'
+
+
+def test_a_link_whose_parameters_name_the_upstream_is_dropped(rewriter: UrlRewriter) -> None:
+    value = ('<https://api.example.com/v3/repos?page=2>; rel="next"; title="see https://API.example.com/x", '
+             '<https://api.example.com/v3/repos?page=9>; rel="last"')
+    assert rewriter.link_header(value) == '</api/gh/repos?page=9>; rel="last"'
+
+
 def test_body_urls_rewritten_in_plain_and_escaped_json(rewriter: UrlRewriter) -> None:
     body = json.dumps({"url": "https://api.example.com/v3/repos/x", "other": "https://elsewhere.example.org/v3/a"})
     escaped = body.replace("/", "\\/")

@@ -14,7 +14,7 @@ from urllib.parse import urljoin, urlsplit
 from ..config import ForwardConfig, UpstreamConfig
 from ..paths import Kind
 
-_LINK = re.compile(r"<([^>]*)>([^,]*)")
+_LINK = re.compile(r'<([^>]*)>((?:[^,"]|"[^"]*")*)')  # a quoted parameter may hold a comma
 
 
 class UrlRewriter:
@@ -72,7 +72,7 @@ class UrlRewriter:
         kept = []
         for match in _LINK.finditer(value):
             target = self.to_gateway(match[1], request_url)
-            if target is not None:
+            if target is not None and self.host not in match[2].lower():  # a parameter may name the upstream too
                 kept.append(f"<{target}>{match[2]}")
         return ", ".join(kept) or None
 
