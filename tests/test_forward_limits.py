@@ -43,3 +43,26 @@ async def test_an_answer_under_the_limit_is_shaped_and_a_large_plain_one_passes(
     assert resp.status == 200 and await resp.json() == {"n": 1}
     resp = await client.get("/api/plain", params={"size": "5000"})  # not shaped: streamed or read as usual
     assert resp.status == 200 and len(await resp.read()) > 5000
+
+
+async def test_a_compressed_request_body_reaches_the_upstream_decoded(aiohttp_client, aiohttp_server, tmp_path):
+    import gzip
+
+    got: list[tuple[tuple[str | None, str | None], bytes]] = []
+
+    async def upload(request: web.Request) -> web.Response:
+        encoding = request.headers.get("Content-Encoding"), request.headers.get("Content-Length")
+        got.append((encoding, await request.read()))
+        return web.json_response({"ok": True})
+
+    up = Recorder()
+    up.route("POST", "/base/upload", upload)
+    forwards = "forwards:\n  upload: { upstream: svc, path: /upload, methods: [POST] }\n"
+    client = await gateway(aiohttp_client, tmp_path, await up.serve(aiohttp_server), forwards)
+    packed = gzip.compress(b'{"a": 1}')
+    resp = await client.post("/api/upload", data=packed, headers={"Content-Encoding": "gzip"})
+    assert resp.status == 200
+    # the gateway's server decoded it: it goes on decoded, with neither the encoding nor the compressed length
+    assert got == [((None, None), b'{"a": 1}')]
+    resp = await client.post("/api/upload", data=b"plain")
+    assert got[-1] == ((None, "5"), b"plain")

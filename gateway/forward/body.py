@@ -35,3 +35,14 @@ def request_body(request: web.Request, limit: int) -> LimitedBody | None:
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
     return LimitedBody(request, limit)
+
+
+def body_headers(request: web.Request) -> dict[str, str]:
+    """The length of the client's body as it goes upstream, when it is known.
+
+    aiohttp's server decodes a request body sent with ``Content-Encoding`` (gzip, deflate) before the gateway reads
+    it: such a body goes upstream decoded, without that header and without its original (compressed) length.
+    """
+    if request.content_length is None or "Content-Encoding" in request.headers:
+        return {}
+    return {"Content-Length": str(request.content_length)}

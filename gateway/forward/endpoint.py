@@ -12,7 +12,7 @@ from ..config import Config, ForwardConfig
 from ..errors import MethodNotAllowed, PayloadTooLarge
 from ..paths import Kind, pattern_of
 from ..routing import MATCH
-from .body import request_body
+from .body import body_headers, request_body
 from .headers import pick_request_headers
 from .relay import relay
 from .rewrite import UrlRewriter
@@ -57,8 +57,8 @@ class ForwardEndpoint:
         headers = pick_request_headers(request.headers, upstream.request_allow)
         headers.update(upstream.inject_headers)
         body = request_body(request, self._max_body)
-        if body is not None and request.content_length is not None:
-            headers["Content-Length"] = str(request.content_length)
+        if body is not None:
+            headers.update(body_headers(request))
         try:
             up = await upstream.send(method, url, headers, body)
         except Exception:

@@ -16,7 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..errors import InternalError, PayloadTooLarge
-from .body import request_body
+from .body import body_headers, request_body
 from .client import Response
 from .headers import pick_request_headers
 from .relay import relay, response_headers
@@ -102,8 +102,8 @@ async def forward(
     elif method == req.method:
         limit = req.client_max_size
         body = request_body(req, limit)
-        if body is not None and req.content_length is not None:
-            out_headers["Content-Length"] = str(req.content_length)
+        if body is not None:
+            out_headers.update(body_headers(req))
     try:
         response = await up.send(method, url, out_headers, body)
     except Exception:
