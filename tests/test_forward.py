@@ -295,6 +295,28 @@ forwards:
         ack.set()
 
 
+async def test_rewrite_urls_catches_a_url_split_across_two_chunks(aiohttp_server, aiohttp_client, tmp_path):
+    async def sse(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        event = f'data: {{"next": "http://127.0.0.1:{request.url.port}/base/e/1"}}\n\n'.encode()
+        half = event.index(b"127.0") + 4  # the upstream's host:port cut in two
+        await resp.write(event[:half])
+        await asyncio.sleep(0.05)  # the slow upstream under test: the halves arrive as separate reads
+        await resp.write(event[half:])
+        return resp
+
+    up = Recorder()
+    up.route("GET", "/base/events", sse)
+    client = await gateway(aiohttp_client, tmp_path, await up.serve(aiohttp_server), """
+forwards:
+  gh/[...path]: { upstream: svc, path: "/{path}", rewrite_urls: true }
+""")
+    resp = await client.get("/api/gh/events")
+    body = await asyncio.wait_for(resp.read(), 5)
+    assert body == f'data: {{"next": "http://127.0.0.1:{client.port}/api/gh/e/1"}}\n\n'.encode()
+
+
 # --- upstream failures ------------------------------------------------------------------------------------------
 
 

@@ -215,3 +215,15 @@ def test_shape_drops_then_selects() -> None:
 def test_shape_refuses_a_body_that_is_not_json() -> None:
     with pytest.raises(ValueError):
         Shaper(ResponseShape(drop=("a",)))(b"<html>")
+
+
+def test_line_rewriter_holds_only_an_unfinished_line_and_at_most_its_limit() -> None:
+    from gateway.forward.rewrite import LineRewriter
+
+    upper = LineRewriter(bytes.upper, limit=8)
+    assert upper.feed(b"data: a\n\npart") == b"DATA: A\n\n"  # the finished event goes at once
+    assert upper.feed(b"ial") == b""  # "partial" is 7 bytes: held
+    assert upper.feed(b"-line-without-end") == b"PARTIAL-LINE-WITHOUT-END"  # past the limit: sent as it is
+    assert upper.feed(b"tail") == b""
+    assert upper.flush() == b"TAIL"
+    assert upper.flush() == b""

@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from ..errors import UpstreamError
 from .client import DECODABLE, Response
 from .headers import pick_response_headers
-from .rewrite import UrlRewriter
+from .rewrite import LineRewriter, UrlRewriter
 from .upstream import Upstream
 
 log = logging.getLogger("gateway.upstream")
@@ -58,9 +58,9 @@ async def relay(
         up.close()
         raise
     edit = None
-    if rewrite_body and rewriter is not None:  # events stay a stream: each chunk (an event, in practice) rewritten
+    if rewrite_body and rewriter is not None:  # events stay a stream, rewritten line by line
         origin = f"{request.scheme}://{request.host}"
-        edit = functools.partial(rewriter.body, origin=origin)
+        edit = LineRewriter(functools.partial(rewriter.body, origin=origin))
     return await _stream(request, up, upstream, headers, edit)
 
 
@@ -134,7 +134,7 @@ def _is_event_stream(up: Response) -> bool:
 
 
 async def _stream(request: web.Request, up: Response, upstream: Upstream,
-                  headers: CIMultiDict[str], edit: Callable[[bytes], bytes] | None = None) -> web.StreamResponse:
+                  headers: CIMultiDict[str], edit: LineRewriter | None = None) -> web.StreamResponse:
     headers.popall("Content-Length", None)
     if _is_event_stream(up):
         headers["Cache-Control"] = "no-cache, no-transform"
@@ -147,13 +147,18 @@ async def _stream(request: web.Request, up: Response, upstream: Upstream,
         if scrubber:
             stream = scrubber.stream()
             async for chunk in up.content.iter_any():
-                if out := stream.feed(edit(chunk) if edit else chunk):
+                if out := stream.feed(edit.feed(chunk) if edit else chunk):
                     await response.write(out)
+            if edit and (out := stream.feed(edit.flush())):
+                await response.write(out)
             if tail := stream.flush():
                 await response.write(tail)
         else:
             async for chunk in up.content.iter_any():
-                await response.write(edit(chunk) if edit else chunk)
+                if out := edit.feed(chunk) if edit else chunk:
+                    await response.write(out)
+            if edit and (tail := edit.flush()):
+                await response.write(tail)
         await response.write_eof()
         finished = True
     except (OSError, TimeoutError) as exc:

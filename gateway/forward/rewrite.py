@@ -8,7 +8,7 @@ Anything else under the upstream's host cannot be expressed through the gateway 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urljoin, urlsplit
 
 from ..config import ForwardConfig, UpstreamConfig
@@ -89,3 +89,31 @@ class UrlRewriter:
             return ((out.replace("/", "\\/") if escaped else out) + text[len(found):]).encode("latin-1")
 
         return self._in_body.sub(rewrite, data)
+
+
+class LineRewriter:
+    """Applies a body rewrite to a stream a line at a time, so a URL split across two chunks is still whole.
+
+    A URL never spans a line break, and SSE events end in one: a chunk that ends an event is passed at once;
+    only the unfinished last line is held back (at most ``limit`` bytes, then it goes as it is).
+    """
+
+    def __init__(self, rewrite: Callable[[bytes], bytes], limit: int = 64 * 1024) -> None:
+        self._rewrite = rewrite
+        self._limit = limit
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._pending + chunk if self._pending else chunk
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            if len(data) < self._limit:
+                self._pending = data
+                return b""
+            cut = len(data)
+        self._pending = data[cut:]
+        return self._rewrite(data[:cut])
+
+    def flush(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return self._rewrite(rest) if rest else b""
