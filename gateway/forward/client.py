@@ -37,6 +37,10 @@ _CHUNKED_HEAD_END = b"\r\nTransfer-Encoding: chunked\r\n\r\n"
 _UNSAFE = re.compile(r"[\r\n\0]").search
 
 
+class BadHeader(ValueError):
+    """A header that cannot be written into an HTTP/1.1 request (line break, NUL, non-latin-1 text)."""
+
+
 class UpstreamClosed(ConnectionError):
     """The upstream closed the connection before the response was complete."""
 
@@ -73,7 +77,9 @@ class Pool:
         return await conn.send(head, body, method, url, timeout)
 
     def _head(self, method: str, url: str, headers: dict[str, str], body: Any) -> bytes:
-        target = url[len(self.origin):] or "/"
+        target = url[len(self.origin):]
+        if not target.startswith("/"):  # "" or "?q=1" after a base URL without a path
+            target = "/" + target
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}"]
         names = {name.lower() for name in headers}
         lines += [f"{name}: {value}" for name, value in headers.items()]
@@ -91,8 +97,11 @@ class Pool:
             lines.append("Content-Length: 0")
         for name, value in headers.items():
             if _UNSAFE(name) or _UNSAFE(value):
-                raise ValueError(f"the header {name!r} contains a line break or NUL")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+                raise BadHeader(f"the header {name!r} contains a line break or NUL")
+        try:
+            return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        except UnicodeEncodeError:
+            raise BadHeader("a header holds characters that HTTP/1.1 cannot carry") from None
 
     async def _connect(self, timeout: float) -> Connection:
         loop = asyncio.get_running_loop()

@@ -6,7 +6,8 @@ from types import TracebackType
 
 import aiohttp
 
-from ..errors import UpstreamTimeout, UpstreamUnavailable
+from ..errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
+from .client import BadHeader
 
 
 class upstream_errors:  # noqa: N801 - used like a function: ``with upstream_errors(name): ...``
@@ -23,6 +24,8 @@ class upstream_errors:  # noqa: N801 - used like a function: ``with upstream_err
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
         if kind is None:
             return False
+        if issubclass(kind, BadHeader):
+            raise BadRequest(f"a request header cannot be passed on to upstream {self.name!r}: {exc}") from None
         if issubclass(kind, TimeoutError | aiohttp.ServerTimeoutError):
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from None
         if issubclass(kind, aiohttp.ClientError | OSError):

@@ -15,7 +15,8 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
     "transfer-encoding", "upgrade",
 })
-NEVER_FORWARD = frozenset({"cookie", "authorization", "x-api-key", "host", "content-length"}) | HOP_BY_HOP
+# accept-encoding: the gateway asks for what it can decode (and so scrub), whatever the client accepts
+NEVER_FORWARD = HOP_BY_HOP | {"cookie", "authorization", "x-api-key", "host", "content-length", "accept-encoding"}
 NEVER_EXPOSE = frozenset({"set-cookie", "server", "x-powered-by", "via"}) | HOP_BY_HOP
 
 

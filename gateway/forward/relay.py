@@ -41,6 +41,8 @@ async def relay(
     try:
         if up.status >= 500:
             await _withhold(up, upstream)
+        if request.method != "HEAD" and up.status not in (204, 304) and upstream.scrubber:
+            _refuse_unreadable(up, upstream)
         headers = response_headers(up, upstream, rewriter)
         if request.method == "HEAD" or up.status in (204, 304):
             up.release()
@@ -93,6 +95,16 @@ def response_headers(up: Response, upstream: Upstream, rewriter: UrlRewriter | N
                 if link:
                     headers.add("Link", scrub(link) if scrub else link)
     return headers
+
+
+def _refuse_unreadable(up: Response, upstream: Upstream) -> None:
+    """A body in an encoding the gateway cannot decode cannot be checked for secrets: it is not passed on."""
+    encoding = up.headers.get("Content-Encoding", "").strip().lower()
+    if encoding and encoding not in DECODED:
+        up.close()
+        log.warning("upstream %s answered in encoding %r, which cannot be checked for secrets", upstream.name,
+                    encoding[:40])
+        raise UpstreamError(f"upstream {upstream.name!r} answered in an encoding the gateway cannot check")
 
 
 async def _withhold(up: Response, upstream: Upstream) -> None:

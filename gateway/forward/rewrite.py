@@ -52,7 +52,7 @@ class UrlRewriter:
         A relative ``url`` is resolved against ``request_url`` (the upstream URL it answers), else the base."""
         absolute = urljoin(request_url or self.base + "/", url)
         parts = urlsplit(absolute)
-        if parts.hostname != self.hostname:
+        if (parts.hostname or "").rstrip(".") != (self.hostname or "").rstrip("."):  # "host." is "host"
             return url
         if parts.netloc.lower() != self.host or any(s in (".", "..") for s in parts.path.split("/")):
             return None  # the upstream's host with another port or a user, or a path that climbs: never shown
