@@ -55,3 +55,22 @@ def test_a_location_on_the_upstream_host_spelled_with_a_trailing_dot_is_dropped(
     assert rewriter.to_gateway("https://api.example.com./v3/x") is None
     assert rewriter.to_gateway("https://API.EXAMPLE.COM./elsewhere") is None
     assert rewriter.to_gateway("https://docs.example.org/x") == "https://docs.example.org/x"
+
+
+async def test_forward_after_the_handler_read_the_body_sends_that_body(aiohttp_server, aiohttp_client, tmp_path):
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"got": (await request.read()).decode()})
+
+    up = Recorder()
+    up.route("POST", "/base/echo", echo)
+    route = (
+        "from gateway import forward\n"
+        "async def POST(req):\n"
+        "    data = await req.json()\n"
+        "    up = await forward(req, 'svc', '/echo')\n"
+        "    return {'seen': data, 'upstream': await up.json()}\n"
+    )
+    client = await gateway(aiohttp_client, tmp_path, await up.serve(aiohttp_server), "", routes={"relay.py": route})
+    resp = await client.post("/api/relay", json={"a": 1})
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"seen": {"a": 1}, "upstream": {"got": '{"a": 1}'}}

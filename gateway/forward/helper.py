@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..errors import InternalError, PayloadTooLarge
+from ..errors import BadRequest, InternalError, PayloadTooLarge
 from .body import body_headers, request_body
 from .client import Response
 from .headers import pick_request_headers
@@ -99,10 +99,11 @@ async def forward(
         out_headers["Content-Type"] = "application/json"
     elif data is not None:
         body = data
-    elif method == req.method:
-        limit = req.client_max_size
-        body = request_body(req, limit)
-        if body is not None:
+    elif method == req.method and req.body_exists:
+        if req.content.at_eof():  # the handler read it already (await req.json()): send what it read
+            body = await req.read()
+        else:
+            body = request_body(req, req.client_max_size)
             out_headers.update(body_headers(req))
     try:
         response = await up.send(method, url, out_headers, body)
@@ -126,8 +127,9 @@ def _safe_path(path: str) -> tuple[str, str]:
         path = "/" + path
     raw, _, path_query = path.partition("?")
     if any(c in path_query for c in "\r\n #"):
-        raise InternalError("forward(): pass query parameters with query=..., not raw in the path")
+        raise BadRequest("the path may not carry a query with spaces, line breaks or '#'")
     segments = [unquote(s) for s in raw.split("/")[1:]]
-    if any(s in (".", "..") or "\\" in s for s in segments) or raw.startswith("//"):
-        raise InternalError("forward(): the path may not contain '.', '..', '//' or backslash segments")
+    # a handler often builds the path from client input: a climbing or odd path is the client's bad request
+    if any(s in (".", "..") or "\\" in s or "\0" in s for s in segments) or "" in segments[:-1]:
+        raise BadRequest("the path may not contain '.', '..', empty, NUL or backslash segments")
     return "/" + "/".join(quote(s, safe="-._~!$&'()*+,;=:@") for s in segments), path_query
