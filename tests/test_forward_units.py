@@ -28,7 +28,7 @@ BASE = "http://127.0.0.1:9999/base"
 def build(template: str, params: dict[str, str], *, catch: dict[str, list[str]] | None = None, query: str = "",
           inject_names: tuple[str, ...] = ("key",), inject: str = "key=SECRET") -> str:
     catch = catch or {}
-    url = UrlTemplate(BASE, template, set(catch), set(inject_names))
+    url = UrlTemplate(BASE, template, set(inject_names))
     return url.build({**params, **{k: "/".join(v) for k, v in catch.items()}}, catch, query, inject)
 
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..config import Config, ForwardConfig
 from ..errors import MethodNotAllowed, PayloadTooLarge
-from ..paths import Kind, pattern_of
+from ..paths import pattern_of
 from ..routing import MATCH
 from .body import body_headers, request_body
 from .headers import pick_request_headers
@@ -38,8 +38,7 @@ class ForwardEndpoint:
         self.methods = tuple(sorted(allowed))
         self.allow = ", ".join(self.methods)
         self._allowed = frozenset(allowed - {"OPTIONS"})
-        catch = {s.value for s in forward.segments if s.kind >= Kind.CATCH}
-        self._url = UrlTemplate(upstream.url, forward.path, catch, {name for name, _ in upstream.inject.query})
+        self._url = UrlTemplate(upstream.url, forward.path, {name for name, _ in upstream.inject.query})
         self._max_body = forward.max_body if forward.max_body is not None else config.server.max_body
         self._shape = Shaper(forward.response) if forward.response else None
         self._rewriter = UrlRewriter(upstream, config.forwards, prefix)

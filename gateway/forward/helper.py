@@ -77,7 +77,7 @@ async def forward(
     up = upstreams[upstream]
     target, path_query = _safe_path(path)
     url = up.url + target
-    injected = {name.lower() for name in up.inject_query_names}  # as in a forward: the client can never set these
+    injected = up.inject_query_names  # as in a forward: the client can never set these
     if query is None:
         query_string = req.rel_url.raw_query_string
     else:
@@ -90,7 +90,7 @@ async def forward(
     method = (method or ("GET" if req.method == "HEAD" else req.method)).upper()
     out_headers = pick_request_headers(req.headers, up.request_allow)
     for name, value in (headers or {}).items():
-        if name.lower() not in {n.lower() for n in up.inject_headers}:
+        if name.lower() not in up.inject_header_names:
             out_headers[name] = value
     out_headers.update(up.inject_headers)
     body: Any = None

@@ -6,8 +6,6 @@ import asyncio
 import random
 from typing import Any
 
-from yarl import URL
-
 from ..config import UpstreamConfig
 from ..errors import UpstreamUnavailable
 from .client import Pool, Response
@@ -31,11 +29,11 @@ class Upstream:
         self.timeout = config.timeout
         self.inject_headers = {name: value.reveal() for name, value in config.inject.headers}
         self.inject_query = encode_query(tuple((name, value.reveal()) for name, value in config.inject.query))
-        self.inject_query_names = {name for name, _ in config.inject.query}
+        self.inject_query_names = {name.lower() for name, _ in config.inject.query}  # compared case-insensitively
+        self.inject_header_names = {name.lower() for name in self.inject_headers}
         # an injected header always wins: the client's header of the same name is never even picked
         self.request_allow = request_allowlist(config.forward_headers) - {n.lower() for n in self.inject_headers}
         self.response_allow = response_allowlist(config.expose_headers)
-        self.host = URL(config.url).host
         self.errors = upstream_errors(config.name)
         self.rewriter = rewriter  # maps Location/Link under this upstream to gateway paths (or removes them)
 

@@ -28,13 +28,12 @@ def _encode(value: str) -> str:
 class UrlTemplate:
     """Compiled once per forward: literal pieces and parameter slots for the path and the query."""
 
-    def __init__(self, base_url: str, template: str, catch_params: set[str], inject_names: set[str]) -> None:
+    def __init__(self, base_url: str, template: str, inject_names: set[str]) -> None:
         path, _, query = template.partition("?")
         self._base = base_url.rstrip("/")
         self._path = _compile(path)
         self._query = _compile(query) if query else None
         self._query_names = {pair.split("=", 1)[0] for pair in query.split("&") if pair} if query else set()
-        self._catch = catch_params
         self._override = {n.lower() for n in inject_names} | {n.lower() for n in self._query_names}
         self._static = None if len(self._path) != 1 or self._query else self._base + self._path[0]
 
