@@ -2,6 +2,6 @@
 
 from .app import build_table, create_app
 from .config import load_config
-from .forward.helper import UpstreamResponse, forward
+from .pipeline.helper import UpstreamResponse, forward
 
 __all__ = ["UpstreamResponse", "build_table", "create_app", "forward", "load_config"]

@@ -1,48 +1,26 @@
-"""Assemble the aiohttp application: the route table under the prefix, health checks, and error rendering."""
+"""Assemble the aiohttp application: the route table under the prefix, health checks, and the upstreams' pools."""
 
 from __future__ import annotations
 
-import logging
-import traceback
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web, web_response
 
-from .auth import require_api_key
 from .config import Config
 from .discovery import RouteFileError, discover, import_route, prepare_imports
-from .errors import (
-    GatewayError,
-    InternalError,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    error_response,
-    has_default_body,
-    render,
-    render_http_exception,
-)
+from .errors import MethodNotAllowed, NotFound, error_response
 from .file_routes import FileEndpoint
-from .forward.endpoint import ForwardEndpoint
+from .forward.client import Pool
 from .forward.scrub import Scrubber
-from .forward.sessions import upstream_sessions
+from .forward.upstream import Upstream
+from .keys import CONFIG, RUNTIME, UPSTREAMS, Resources, Runtime
+from .pipeline.build import build_call, build_endpoint, build_health
+from .pipeline.endpoint import ForwardEndpoint
+from .pipeline.urlmap import UrlMapper
 from .request_id import add_request_id
-from .routing import FallbackResource, GatewayResource, Handler, RouteConflict, RouteTable
+from .routing import FallbackResource, GatewayResource, RouteConflict, RouteTable, bad_path
 
-log = logging.getLogger("gateway")
 SERVER_HEADER = "gateway"  # a fixed generic word: no software name, no version
-
-
-@dataclass
-class Runtime:
-    scrubber: Scrubber
-    debug: bool = False
-    draining: bool = False
-
-
-CONFIG = web.AppKey("config", Config)
-RUNTIME = web.AppKey("runtime", Runtime)
-TABLE = web.AppKey("table", RouteTable)
 
 
 class StartupError(Exception):
@@ -81,58 +59,49 @@ def build_table(config: Config) -> RouteTable:
 
 def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body)
-    app[CONFIG] = config
     scrubber = Scrubber(config.secret_values)  # one for the app: upstream bodies, headers and our own log lines
-    app[RUNTIME] = Runtime(scrubber, debug=debug)
-    app[TABLE] = table
-    app.router.add_route("*", "/healthz", guard(healthz))
-    app.router.add_route("*", "/readyz", guard(readyz))
-    keys = config.clients.api_keys
-    protect = require_api_key(keys) if keys else None
-    app.router.register_resource(GatewayResource(table, redirect_trailing_slash, wrap=guard, protect=protect))
-    app.router.register_resource(FallbackResource(guard(not_found)))  # last: whatever nothing else matched
+    upstreams = build_upstreams(config, scrubber)
+    res = Resources(config, scrubber, upstreams, debug)
+    app[CONFIG] = config
+    app[RUNTIME] = Runtime(scrubber, debug=debug, max_response=config.server.max_response)
+    app[UPSTREAMS] = upstreams
+    app.router.add_route("*", "/healthz", build_health(healthz, res))
+    app.router.add_route("*", "/readyz", build_health(readyz, res))
+    handlers = {id(e): build_endpoint(e, res) for e in table.endpoints}
+    app.router.register_resource(GatewayResource(table, handlers, redirect=build_health(redirect_trailing_slash, res),
+                                                 bad_path=build_health(bad_path, res)))
+    app.router.register_resource(FallbackResource(build_health(not_found, res)))  # last: whatever nothing matched
     # aiohttp sets "Server: Python/3.x aiohttp/3.x" on every response that has none, also on a request it cannot
     # parse (before any app code runs): replacing that default is the one way to keep software and version out.
     web_response.SERVER_SOFTWARE = SERVER_HEADER
     app.on_response_prepare.append(add_request_id)
     app.on_shutdown.append(_start_draining)
-    app.cleanup_ctx.append(upstream_sessions(config, scrubber))
+    app.cleanup_ctx.append(_close_pools(upstreams))
     return app
 
 
-def guard(handler: Handler) -> Handler:
-    """Wrap a handler so that its exceptions become responses: the one place where that happens.
+def build_upstreams(config: Config, scrubber: Scrubber) -> dict[str, Upstream]:
+    """Each upstream with its connection pool (no connection is opened yet) and its call chain for forward()."""
+    upstreams = {}
+    for name, upstream_config in config.upstreams.items():
+        mapper = UrlMapper(upstream_config, config.forwards, config.server.prefix)
+        upstream = Upstream(upstream_config, Pool(upstream_config.url), scrubber, mapper)
+        upstream.call = build_call(upstream, max_response=config.server.max_response)
+        upstreams[name] = upstream
+    return upstreams
 
-    A wrapper per route rather than an aiohttp middleware: middlewares cost every request a few extra frames.
-    """
 
-    async def guarded(request: web.Request) -> web.StreamResponse:
+def _close_pools(upstreams: dict[str, Upstream]) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The cleanup_ctx that owns every upstream's connection pool for the life of the app."""
+
+    async def pools(app: web.Application) -> AsyncIterator[None]:
         try:
-            return await handler(request)
-        except web.HTTPRequestEntityTooLarge:
-            limit = request.client_max_size
-            return render(PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes"))
-        except web.HTTPException as exc:
-            if exc.status >= 400 and has_default_body(exc):
-                return render_http_exception(exc)
-            raise  # a redirect, or an error with a body of the handler's own: aiohttp sends it as is
-        except Exception as exc:  # CancelledError is a BaseException: a client that left is not an error
-            return _error_response(request, exc)
+            yield
+        finally:
+            for upstream in upstreams.values():
+                await upstream.pool.close()
 
-    return guarded
-
-
-def _error_response(request: web.Request, exc: Exception) -> web.Response:
-    """The gateway's own errors as JSON, never a traceback (except under ``gateway dev``)."""
-    if isinstance(exc, GatewayError):
-        return render(exc)
-    runtime = request.app[RUNTIME]
-    # a handler's exception may quote a secret it read from the environment: scrub before it is logged or shown
-    trace = runtime.scrubber.scrub_text("".join(traceback.format_exception(exc)))
-    log.error("unhandled error in %s %s\n%s", request.method, request.rel_url.path, trace.rstrip())
-    if runtime.debug:
-        return error_response(500, "internal_error", trace)
-    return render(InternalError())
+    return pools
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
@@ -170,4 +139,4 @@ async def _start_draining(app: web.Application) -> None:
     app[RUNTIME].draining = True
 
 
-__all__ = ["CONFIG", "RUNTIME", "TABLE", "StartupError", "build_table", "create_app", "RouteFileError"]
+__all__ = ["StartupError", "build_table", "create_app", "RouteFileError"]

@@ -30,6 +30,7 @@ class ServerConfig:
     routes: Path = Path("routes")
     workers: int = 1
     max_body: int = 1024**2
+    max_response: int = 16 * 1024**2  # the most of an upstream answer read into memory (shaping, forward().read())
     shutdown_grace: float = 10.0
 
 
@@ -134,7 +135,8 @@ class _Reader(ValueReader):
 
     def server(self, value: Any) -> ServerConfig:
         path: YamlPath = ("server",)
-        raw = self.mapping(value, path, ("host", "port", "prefix", "routes", "workers", "max_body", "shutdown_grace"))
+        known = ("host", "port", "prefix", "routes", "workers", "max_body", "max_response", "shutdown_grace")
+        raw = self.mapping(value, path, known)
         out: dict[str, Any] = {}
         if "host" in raw:
             out["host"] = self.string(raw["host"], (*path, "host"))
@@ -153,6 +155,8 @@ class _Reader(ValueReader):
             out["workers"] = self.integer(raw["workers"], (*path, "workers"), 1, 64)
         if "max_body" in raw:
             out["max_body"] = self.converted(raw["max_body"], (*path, "max_body"), parse_size)
+        if "max_response" in raw:
+            out["max_response"] = self.converted(raw["max_response"], (*path, "max_response"), parse_size)
         if "shutdown_grace" in raw:
             out["shutdown_grace"] = self.converted(raw["shutdown_grace"], (*path, "shutdown_grace"), parse_duration)
         return ServerConfig(**{k: v for k, v in out.items() if v is not None})

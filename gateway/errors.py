@@ -108,8 +108,6 @@ def render(exc: GatewayError) -> web.Response:
 def render_http_exception(exc: web.HTTPException) -> web.Response:
     """aiohttp's own 4xx/5xx (from the router or raised by a handler with its default text body) as JSON."""
     code = _HTTP_CODES.get(exc.status, "bad_request" if exc.status < 500 else "internal_error")
-    if exc.status == 404:
-        return error_response(404, "not_found", NotFound.message)
     headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After", "WWW-Authenticate")}
     return error_response(exc.status, code, exc.reason.lower() if exc.reason else code, headers)
 

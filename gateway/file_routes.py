@@ -10,18 +10,18 @@ from types import ModuleType
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
 from .config import METHODS
 from .discovery import RouteFile, RouteFileError
 from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge
-from .forward.helper import PENDING, UpstreamResponse
+from .keys import HEAD_AS_GET, PENDING, Resources
 from .paths import pattern_of
+from .pipeline.helper import UpstreamResponse
+from .routing import Handler
 from .units import Rate, parse_duration, parse_rate, parse_size
 
-Handler = Callable[[web.Request], Awaitable[Any]]
-_JSON_READER = BaseRequest.json.__code__
+RouteFunction = Callable[[web.Request], Awaitable[Any]]  # a module's GET, POST ... or handler
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _parse_bool(value: Any) -> bool:
 
 
 class FileEndpoint:
-    """Dispatches by method: HEAD falls back to GET, OPTIONS answers 204 with Allow, anything else 405."""
+    """Dispatches by method: HEAD falls back to GET, anything the module does not answer gets 405."""
 
     kind = "file"
 
@@ -71,41 +71,61 @@ class FileEndpoint:
         self.target = self.source = route.display
         self.options = route_options(module, route.display)
         self.public = self.options.public
-        self._handlers = _exported_handlers(module, route.display)
-        self.methods = tuple(sorted(self._handlers))
+        own = _exported_handlers(module, route.display)
+        self.own_options = "OPTIONS" in own  # else the gateway answers OPTIONS (pipeline/build.py)
+        self._head_from_get = "HEAD" not in own and "GET" in own
+        self._handlers = {**own, "HEAD": own["GET"]} if self._head_from_get else own
+        self.methods = tuple(sorted({*self._handlers, "OPTIONS"}))
         self.allow = ", ".join(self.methods)
         max_body = self.options.max_body
         self._max_body = max_body if max_body is not None and max_body != app_max_body else None
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        handler = self._handlers.get(request.method)
-        result: Any = None
-        if handler is None:
-            raise MethodNotAllowed(request.method, self.allow)
-        limit = request.client_max_size if self._max_body is None else self._max_body
-        if (request.content_length or 0) > limit:  # refused up front, whether or not the handler reads the body
-            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-        if self._max_body is not None:
-            request = request.clone(client_max_size=self._max_body)
+    def terminal(self, res: Resources) -> Handler:
+        handlers, allow, own_limit, head_as_get = self._handlers, self.allow, self._max_body, self._head_from_get
+
+        async def file_endpoint(request: web.Request) -> web.StreamResponse:
+            handler = handlers.get(request.method)
+            if handler is None:
+                raise MethodNotAllowed(request.method, allow)
+            limit = request.client_max_size if own_limit is None else own_limit
+            if (request.content_length or 0) > limit:  # refused up front, whether or not the handler reads the body
+                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            request = request.clone(client_max_size=own_limit) if own_limit is not None else request
+            request.__class__ = RouteRequest  # json() answers a bad body with 400 (same layout: no new state)
+            if head_as_get and request.method == "HEAD":
+                request[HEAD_AS_GET] = True
+            result: Any = None
+            try:
+                result = await handler(request)
+                if isinstance(result, UpstreamResponse):
+                    return await result.respond(request)
+                return to_response(result)
+            except web.HTTPRequestEntityTooLarge:  # a chunked body past the limit, found while reading it
+                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes") from None
+            finally:
+                for pending in request.get(PENDING, ()):
+                    if pending is not result:
+                        await pending.aclose()
+
+        return file_endpoint
+
+class RouteRequest(web.Request):
+    """The request a route handler gets: an ``aiohttp.web.Request`` whose ``json()`` turns a body that is not JSON
+    (or not in its charset) into a 400 ``bad_request``, decided here, where the body is parsed."""
+
+    async def json(self, *, loads: Callable[[str], Any] = json.loads) -> Any:
         try:
-            result = await handler(request)
-            if isinstance(result, UpstreamResponse):
-                return await result.respond()
-            return to_response(result)
-        except web.HTTPRequestEntityTooLarge:  # a chunked body past the limit, found while reading it
-            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes") from None
-        except (ValueError, LookupError) as exc:  # JSONDecodeError, or a body not in its declared (or known) charset
-            if not _raised_by_request_json(exc):
-                raise
-            detail = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "undecodable text"
+            text = await self.text()
+        except (LookupError, UnicodeDecodeError):
+            raise BadRequest("the request body is not valid JSON: undecodable text") from None
+        try:
+            return loads(text)
+        except ValueError as exc:
+            detail = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
             raise BadRequest(f"the request body is not valid JSON: {detail}") from None
-        finally:
-            for pending in request.get(PENDING, ()):
-                if pending is not result:
-                    pending.close()
 
 
-def _exported_handlers(module: ModuleType, display: str) -> dict[str, Handler]:
+def _exported_handlers(module: ModuleType, display: str) -> dict[str, RouteFunction]:
     handlers = {m: getattr(module, m) for m in METHODS if callable(getattr(module, m, None))}
     catch_all = getattr(module, "handler", None)
     if catch_all is not None and handlers:
@@ -120,29 +140,7 @@ def _exported_handlers(module: ModuleType, display: str) -> dict[str, Handler]:
         if not inspect.iscoroutinefunction(fn):
             label = "handler" if catch_all is not None else name
             raise RouteFileError(f"{display}: {label} must be an async function (async def {label}(req): ...)")
-    if "GET" in handlers:
-        handlers.setdefault("HEAD", handlers["GET"])
-    handlers.setdefault("OPTIONS", _options_handler(handlers))
     return handlers
-
-
-def _options_handler(handlers: dict[str, Handler]) -> Handler:
-    allow = ", ".join(sorted({*handlers, "OPTIONS"}))
-
-    async def options(request: web.Request) -> web.Response:
-        return web.Response(status=204, headers={"Allow": allow})
-
-    return options
-
-
-def _raised_by_request_json(exc: BaseException) -> bool:
-    """True when the JSONDecodeError came from ``await req.json()``, not from the handler parsing something else."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code is _JSON_READER:
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def to_response(result: Any) -> web.StreamResponse:

@@ -5,9 +5,8 @@ Precedence is decided per segment, with backtracking: static > [param] > [...cat
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -15,7 +14,14 @@ from aiohttp.web_urldispatcher import AbstractResource, AbstractRoute, ResourceR
 from yarl import URL
 
 from .errors import BadRequest
+from .keys import MATCH, Match
 from .paths import Kind, Segment, pattern_of, shape_of
+
+if TYPE_CHECKING:
+    from .keys import Resources
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Endpoint(Protocol):
@@ -27,9 +33,12 @@ class Endpoint(Protocol):
     target: str  # the file, or the upstream's name: never a secret
     source: str  # where it was declared, for conflict messages
     methods: tuple[str, ...]
+    allow: str  # the Allow header: its methods, sorted
     public: bool  # needs no client API key
+    own_options: bool  # it answers OPTIONS itself (then OPTIONS needs a client key like any other method)
 
-    async def handle(self, request: web.Request) -> web.StreamResponse: ...
+    def terminal(self, res: Resources) -> Handler:
+        """Its innermost handler, built once at start-up from the process-wide resources."""
 
 
 class RouteConflict(Exception):
@@ -45,16 +54,6 @@ class _Node:
         self.catch: _Node | None = None
         self.optional: _Node | None = None
         self.endpoint: Endpoint | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    endpoint: Endpoint
-    params: dict[str, str]
-    raw: dict[str, list[str]]  # catch-all params as their list of segments (for building upstream URLs)
-
-
-MATCH = web.RequestKey("gateway.match", Match)
 
 
 class RouteTable:
@@ -138,30 +137,25 @@ def _walk(node: _Node, segs: list[str], i: int, values: list[str | list[str]]) -
     return None
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _as_is(handler: Handler) -> Handler:
-    return handler
-
-
 class GatewayResource(AbstractResource):
     """One aiohttp resource answering everything under the prefix from the RouteTable.
 
-    aiohttp's router finds it by prefix in its index; we then match the rest of the path ourselves.
+    aiohttp's router finds it by prefix in its index; we then match the rest of the path ourselves. ``handlers``
+    are the endpoints' assembled edge stacks (``pipeline.build.build_endpoint``), by ``id(endpoint)``.
     """
 
-    def __init__(self, table: RouteTable, redirect: Handler, *, wrap: Callable[[Handler], Handler] = _as_is,
-                 protect: Callable[[Handler], Handler] | None = None) -> None:
+    def __init__(self, table: RouteTable, handlers: Mapping[int, Handler], *, redirect: Handler,
+                 bad_path: Handler) -> None:
         super().__init__(name=None)
+        self._redirect = ResourceRoute("*", redirect, self)
+        self._bad_path = ResourceRoute("*", bad_path, self)
+        self.swap(table, handlers)
+
+    def swap(self, table: RouteTable, handlers: Mapping[int, Handler]) -> None:
+        """Serve ``table`` from now on; requests already routed finish on the table they matched."""
         self._table = table
         self._prefix = table.prefix
-        self._routes = {
-            id(e): ResourceRoute("*", wrap(e.handle if e.public or protect is None else protect(e.handle)), self)
-            for e in table.endpoints
-        }
-        self._redirect = ResourceRoute("*", wrap(redirect), self)
-        self._bad_path = ResourceRoute("*", wrap(_bad_path), self)
+        self._routes = {id(e): ResourceRoute("*", handlers[id(e)], self) for e in table.endpoints}
         self._allowed = {m for e in table.endpoints for m in e.methods} | {"HEAD", "OPTIONS"}
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
@@ -253,5 +247,5 @@ class FallbackResource(AbstractResource):
         return iter((self._route,))
 
 
-async def _bad_path(request: web.Request) -> web.StreamResponse:
+async def bad_path(request: web.Request) -> web.StreamResponse:
     raise BadRequest("the path contains an empty, '.', '..' or backslash segment")

@@ -229,8 +229,8 @@ async def test_link_header_rewritten_and_unmappable_links_dropped(aiohttp_server
     resp = await client.get("/api/svc/items")
     assert resp.status == 200
     assert resp.headers.getall("Link") == [
-        '</api/svc/items?page=2&key=[REDACTED]>; rel="next"', '<https://docs.example.org/x>; rel="help"',
-    ]
+        '</api/svc/items?page=2>; rel="next"', '<https://docs.example.org/x>; rel="help"',
+    ]  # the injected param is dropped from a mapped URL: the gateway injects it again when the link is followed
     assert_clean(resp, await resp.read())
 
 
@@ -262,8 +262,8 @@ forwards:
         assert int(resp.headers["Content-Length"]) == len(body)
         assert json.loads(body) == {
             "self": f"{gw}/api/gh/repos/x", "list": [f"{gw}/api/gh/repos/x/issues?page=2"],
-            "elsewhere": "https://elsewhere.example.org/base/x", "secret": f"{gw}/api/gh/k?key=[REDACTED]",
-            "status": f"{gw}/api/status", "private": "", "root": f"{gw}/api/gh",
+            "elsewhere": "https://elsewhere.example.org/base/x", "secret": f"{gw}/api/gh/k",
+            "status": f"{gw}/api/status", "private": "", "root": "",  # gh/[...path] needs a segment: /api/gh is not it
             "longer_port": f"http://127.0.0.1:{port}0/base/x", "text": f"see {gw}/api/gh/repos/x. or , bye",
         }
         assert f":{port}/".encode() not in body and f":{port}\\/".encode() not in body
@@ -560,7 +560,7 @@ async def test_secrets_scrubbed_from_small_bodies_and_headers(aiohttp_server, ai
         return web.Response(text=body, headers={
             "ETag": f'"{SECRET}"', "Content-Disposition": f'attachment; filename="{QSECRET}.txt"',
             "X-Echo": f"key={quote(QSECRET, safe='')}", "Cache-Control": f"private, {SECRET[:14]}****",
-            "Location": f"/base/next?key={quote(QSECRET, safe='')}",
+            "Location": f"/base/next?echo={quote(QSECRET, safe='')}&key={quote(QSECRET, safe='')}",
         })
 
     up = Recorder()
@@ -574,7 +574,7 @@ async def test_secrets_scrubbed_from_small_bodies_and_headers(aiohttp_server, ai
         assert line.startswith("echo ") and line.endswith(" end") and "[REDACTED]" in line, line
     assert resp.headers["ETag"] == '"[REDACTED]"'
     assert resp.headers["X-Echo"] == "key=[REDACTED]"
-    assert resp.headers["Location"] == "/api/svc/next?key=[REDACTED]"
+    assert resp.headers["Location"] == "/api/svc/next?echo=[REDACTED]"  # the injected name is dropped when mapped
     assert "[REDACTED]" in resp.headers["Content-Disposition"]
     assert_clean(resp, body)
 

@@ -48,9 +48,15 @@ async def GET(req):
 from gateway import forward
 
 async def POST(req):
-    up = await forward(req, "svc", "/items", json={"name": "n", "via": "helper"}, headers={"X-Extra": "1",
-                       "authorization": "Bearer from-handler"})
+    up = await forward(req, "svc", "/items", json={"name": "n", "via": "helper"}, headers={"X-Extra": "1"})
     return {"status": up.status, "upstream": await up.json()}
+''',
+    "override.py": '''
+from gateway import forward
+
+async def GET(req):
+    await forward(req, "svc", "/items", headers={req.query["name"]: req.query.get("value", "x")})
+    return {"reached": True}
 ''',
     "unsafe.py": '''
 from gateway import forward
@@ -203,8 +209,29 @@ async def test_json_body_and_handler_headers_cannot_override_injection(aiohttp_s
     assert up.last.headers.getall("Authorization") == [f"Bearer {SECRET}"]
 
 
-@pytest.mark.parametrize("path", ["/../admin", "/a/../../admin", "//evil.example/x", "/a/%2e%2e/b", "/a\\b",
-                                  "/x?y=1\r\nX-Evil: 1", "/x?a=1#frag", "/a//b", "/a/%00/b"])
+@pytest.mark.parametrize("name", ["Authorization", "authorization", "Host", "Content-Length", "Transfer-Encoding",
+                                  "Connection", "Upgrade", "Expect", "TE", "Keep-Alive", "Proxy-Authorization",
+                                  "X-Request-Id", "Bad Name", "X:y"])
+async def test_handler_headers_cannot_set_framing_hop_by_hop_or_injected_names(aiohttp_server, aiohttp_client,
+                                                                               tmp_path, name, caplog):
+    up, client = await helper_gateway(aiohttp_server, aiohttp_client, tmp_path)
+    resp = await client.get("/api/override", params={"name": name, "value": "chunked"})
+    assert resp.status == 500 and (await resp.json())["error"] == "internal_error"
+    assert up.seen == []  # nothing was sent
+    assert any(name in r.getMessage() and "forward()" in r.getMessage() for r in caplog.records)  # the log says why
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Evil: 1", "a\nb", "a\x00b"])
+async def test_handler_header_values_with_line_breaks_are_the_clients_bad_request(aiohttp_server, aiohttp_client,
+                                                                                  tmp_path, value):
+    up, client = await helper_gateway(aiohttp_server, aiohttp_client, tmp_path)
+    resp = await client.get("/api/override", params={"name": "X-Note", "value": value})
+    assert resp.status == 400 and (await resp.json())["error"] == "bad_request"
+    assert up.seen == []
+
+
+@pytest.mark.parametrize("path", ["/../admin", "/a/../../admin", "//evil.example/x", "/a\\b", "/a//b", "/a/./b",
+                                  "/a/\x00/b"])
 async def test_unsafe_paths_never_reach_the_upstream(aiohttp_server, aiohttp_client, tmp_path, path):
     up, client = await helper_gateway(aiohttp_server, aiohttp_client, tmp_path)
     resp = await client.get("/api/unsafe", params={"p": path})
@@ -213,12 +240,24 @@ async def test_unsafe_paths_never_reach_the_upstream(aiohttp_server, aiohttp_cli
     assert up.seen == []
 
 
-async def test_safe_path_is_encoded_and_keeps_its_query(aiohttp_server, aiohttp_client, tmp_path):
+@pytest.mark.parametrize(("path", "sent"), [
+    ("items/a b/ü", "/base/items/a%20b/%C3%BC"),
+    ("/x?y=1&key=mine", "/base/x%3Fy%3D1%26key%3Dmine"),  # a "?" cannot start a query: query= is the only way
+    ("/x?y=1\r\nX-Evil: 1", "/base/x%3Fy%3D1%0D%0AX-Evil%3A%201"),  # nor a line break a header
+    ("/x#frag", "/base/x%23frag"),
+    ("/a/%2e%2e/b", "/base/a/%252e%252e/b"),  # encoded once more: the upstream decodes it to text, not to ".."
+    ("/a/%252f/b", "/base/a/%25252f/b"),
+    ("/a/..;/b", "/base/a/..%3B/b"),
+    ("/a/\tb\x01", "/base/a/%09b%01"),
+])
+async def test_a_handler_path_is_encoded_once_segment_by_segment(aiohttp_server, aiohttp_client, tmp_path, path,
+                                                                   sent):
     up, client = await helper_gateway(aiohttp_server, aiohttp_client, tmp_path)
-    resp = await client.get("/api/unsafe", params={"p": "items/a b/ü?sort=name"})
+    resp = await client.get("/api/unsafe", params={"p": path})
     assert resp.status == 200
-    assert up.last.raw_path == "/base/items/a%20b/%C3%BC"
-    assert parse_qsl(up.last.query)[0] == ("sort", "name")
+    assert up.last.raw_path == sent
+    assert [k for k, _ in parse_qsl(up.last.query)] == ["p", "key"]  # the client's query, then the secret
+    assert "X-Evil" not in up.last.headers
 
 
 @pytest.mark.parametrize(("status", "code"), [(500, "upstream_error"), (503, "upstream_error")])

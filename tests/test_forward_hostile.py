@@ -6,7 +6,7 @@ from aiohttp import web
 from upstream_support import Recorder, assert_clean, gateway, raw_get
 
 from gateway.config import UpstreamConfig
-from gateway.forward.rewrite import UrlRewriter
+from gateway.pipeline.urlmap import UrlMapper
 
 
 async def test_a_header_that_http_cannot_carry_upstream_is_a_400(aiohttp_server, aiohttp_client, tmp_path):
@@ -51,7 +51,7 @@ async def test_forward_to_a_base_url_without_a_path_sends_a_valid_request_line(a
 
 
 def test_a_location_on_the_upstream_host_spelled_with_a_trailing_dot_is_dropped() -> None:
-    rewriter = UrlRewriter(UpstreamConfig(name="gh", url="https://api.example.com/v3"), (), "/api")
+    rewriter = UrlMapper(UpstreamConfig(name="gh", url="https://api.example.com/v3"), (), "/api")
     assert rewriter.to_gateway("https://api.example.com./v3/x") is None
     assert rewriter.to_gateway("https://API.EXAMPLE.COM./elsewhere") is None
     assert rewriter.to_gateway("https://docs.example.org/x") == "https://docs.example.org/x"

@@ -1,14 +1,10 @@
-"""A shaped or URL-rewritten answer is read whole, so it has a ceiling: past it, 502 and nothing held."""
+"""A shaped or URL-rewritten answer is read whole, so it has a ceiling (server.max_response): past it, 502."""
 
 from __future__ import annotations
-
-import importlib
 
 import pytest
 from aiohttp import web
 from upstream_support import Recorder, gateway
-
-relay = importlib.import_module("gateway.forward.relay")  # the module, not the forward() function of the package
 
 FORWARDS = """
 forwards:
@@ -19,8 +15,7 @@ forwards:
 
 
 @pytest.fixture
-async def client(aiohttp_client, aiohttp_server, tmp_path, monkeypatch):
-    monkeypatch.setattr(relay, "SHAPE_LIMIT", 1000)
+async def client(aiohttp_client, aiohttp_server, tmp_path):
     up = Recorder()
 
     async def doc(request: web.Request) -> web.Response:
@@ -28,7 +23,8 @@ async def client(aiohttp_client, aiohttp_server, tmp_path, monkeypatch):
         return web.Response(text='{"n": 1, "pad": "' + "x" * size + '"}', content_type="application/json")
 
     up.route("GET", "/base/doc", doc)
-    return await gateway(aiohttp_client, tmp_path, await up.serve(aiohttp_server), FORWARDS)
+    return await gateway(aiohttp_client, tmp_path, await up.serve(aiohttp_server), FORWARDS,
+                         server="server: { max_response: 1000 }\n")
 
 
 @pytest.mark.parametrize("path", ["/api/shaped", "/api/rewritten"])

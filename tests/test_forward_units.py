@@ -10,7 +10,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import ResponseShape, load_config
-from gateway.forward.headers import (
+from gateway.pipeline.headers import (
     REQUEST_ALLOW,
     RESPONSE_ALLOW,
     pick_request_headers,
@@ -18,9 +18,9 @@ from gateway.forward.headers import (
     request_allowlist,
     response_allowlist,
 )
-from gateway.forward.rewrite import UrlRewriter
-from gateway.forward.shape import Shaper
-from gateway.forward.urls import UrlTemplate, encode_query, without_params
+from gateway.pipeline.shape import Shaper
+from gateway.pipeline.urlmap import UrlMapper
+from gateway.pipeline.urls import UrlTemplate, encode_query, without_params
 
 BASE = "http://127.0.0.1:9999/base"
 
@@ -127,7 +127,7 @@ def test_pick_response_headers_keeps_repeated_allowed_headers() -> None:
 
 
 @pytest.fixture
-def rewriter(tmp_path: Path) -> UrlRewriter:
+def rewriter(tmp_path: Path) -> UrlMapper:
     (tmp_path / "config.yaml").write_text("""
 upstreams:
   gh: { url: "https://api.example.com/v3" }
@@ -137,15 +137,16 @@ forwards:
   users/[name]: { upstream: gh, path: "/users/{name}" }
 """)
     config = load_config(tmp_path / "config.yaml", environ={})
-    return UrlRewriter(config.upstreams["gh"], config.forwards, "/api")
+    return UrlMapper(config.upstreams["gh"], config.forwards, "/api")
 
 
 @pytest.mark.parametrize(("location", "expected"), [
     ("https://api.example.com/v3/repos/x?page=2", "/api/gh/repos/x?page=2"),
-    ("https://API.example.com/v3/repos/x", None),  # not the exact prefix: cannot be mapped, so removed
+    ("https://API.example.com/v3/repos/x", "/api/gh/repos/x"),  # host names are case-insensitive
     ("/v3/repos/x#readme", "/api/gh/repos/x#readme"),
     ("//api.example.com/v3/repos/x", "/api/gh/repos/x"),
-    ("https://api.example.com/v3", "/api/gh"),
+    ("https://api.example.com/v3", None),  # gh/[...path] needs one segment at least: no forward serves it
+    ("https://api.example.com/v3/users/octo?tab=1", "/api/users/octo?tab=1"),  # [param] beats [...catch]
     ("https://api.example.com/v3/meta/status", "/api/status"),  # an exact forward is preferred over the tree
     ("https://api.example.com/other", None),
     ("https://api.example.com/v3x/other", None),
@@ -156,42 +157,42 @@ forwards:
     ("https://user:pw@api.example.com/admin", None),
     ("https://elsewhere.example.org/x", "https://elsewhere.example.org/x"),
 ])
-def test_location_rewritten_to_gateway_or_removed(rewriter: UrlRewriter, location: str, expected: str | None) -> None:
+def test_location_rewritten_to_gateway_or_removed(rewriter: UrlMapper, location: str, expected: str | None) -> None:
     assert rewriter.to_gateway(location) == expected
 
 
 @pytest.mark.parametrize(("location", "expected"), [
     ("other", "/api/gh/repos/other"),
-    ("../users/x", "/api/gh/users/x"),
+    ("../users/x", "/api/users/x"),  # users/[name] serves it, and [param] beats [...catch]
     ("../meta/status", "/api/status"),
     ("?page=3", "/api/gh/repos/x?page=3"),
     ("../../../../etc", None),
 ])
-def test_relative_location_resolved_against_the_request(rewriter: UrlRewriter, location: str,
+def test_relative_location_resolved_against_the_request(rewriter: UrlMapper, location: str,
                                                         expected: str | None) -> None:
     assert rewriter.to_gateway(location, "https://api.example.com/v3/repos/x") == expected
 
 
-def test_link_header_keeps_mappable_links_only(rewriter: UrlRewriter) -> None:
+def test_link_header_keeps_mappable_links_only(rewriter: UrlMapper) -> None:
     value = ('<https://api.example.com/v3/repos?page=2>; rel="next", <https://api.example.com/private/x>; rel="x", '
              '<https://docs.example.org/>; rel="help"')
     assert rewriter.link_header(value) == '</api/gh/repos?page=2>; rel="next", <https://docs.example.org/>; rel="help"'
     assert rewriter.link_header('<https://api.example.com/private>; rel="last"') is None
 
 
-def test_link_header_parameters_may_quote_a_comma(rewriter: UrlRewriter) -> None:
+def test_link_header_parameters_may_quote_a_comma(rewriter: UrlMapper) -> None:
     value = ('<https://api.example.com/v3/repos?page=2>; rel="next"; title="a, b", '
              '<https://api.example.com/private/y>; rel="x"')
     assert rewriter.link_header(value) == '</api/gh/repos?page=2>; rel="next"; title="a, b"'
 
 
-def test_a_link_whose_parameters_name_the_upstream_is_dropped(rewriter: UrlRewriter) -> None:
+def test_a_link_whose_parameters_name_the_upstream_is_dropped(rewriter: UrlMapper) -> None:
     value = ('<https://api.example.com/v3/repos?page=2>; rel="next"; title="see https://API.example.com/x", '
              '<https://api.example.com/v3/repos?page=9>; rel="last"')
     assert rewriter.link_header(value) == '</api/gh/repos?page=9>; rel="last"'
 
 
-def test_body_urls_rewritten_in_plain_and_escaped_json(rewriter: UrlRewriter) -> None:
+def test_body_urls_rewritten_in_plain_and_escaped_json(rewriter: UrlMapper) -> None:
     body = json.dumps({"url": "https://api.example.com/v3/repos/x", "other": "https://elsewhere.example.org/v3/a"})
     escaped = body.replace("/", "\\/")
     origin = "http://gw.test"
@@ -218,7 +219,7 @@ def test_shape_refuses_a_body_that_is_not_json() -> None:
 
 
 def test_line_rewriter_holds_only_an_unfinished_line_and_at_most_its_limit() -> None:
-    from gateway.forward.rewrite import LineRewriter
+    from gateway.pipeline.rewrite import LineRewriter
 
     upper = LineRewriter(bytes.upper, limit=8)
     assert upper.feed(b"data: a\n\npart") == b"DATA: A\n\n"  # the finished event goes at once

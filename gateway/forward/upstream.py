@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import UpstreamConfig
 from ..errors import UpstreamUnavailable
+from ..pipeline.headers import request_allowlist, response_allowlist
+from ..pipeline.urlmap import UrlMapper
+from ..pipeline.urls import encode_query
 from .client import Pool, Response
 from .errors import IDEMPOTENT, RETRYABLE_STATUS, upstream_errors
-from .headers import request_allowlist, response_allowlist
-from .rewrite import UrlRewriter
 from .scrub import Scrubber
-from .urls import encode_query
+
+if TYPE_CHECKING:
+    from ..pipeline.values import Call
 
 BACKOFF = 0.05  # seconds before the first retry; doubles each time, with full jitter
 
 
 class Upstream:
-    def __init__(self, config: UpstreamConfig, pool: Pool, scrubber: Scrubber,
-                 rewriter: UrlRewriter | None = None) -> None:
+    def __init__(self, config: UpstreamConfig, pool: Pool, scrubber: Scrubber, mapper: UrlMapper) -> None:
         self.name = config.name
         self.url = config.url
         self.pool = pool
@@ -35,7 +37,8 @@ class Upstream:
         self.request_allow = request_allowlist(config.forward_headers) - {n.lower() for n in self.inject_headers}
         self.response_allow = response_allowlist(config.expose_headers)
         self.errors = upstream_errors(config.name)
-        self.rewriter = rewriter  # maps Location/Link under this upstream to gateway paths (or removes them)
+        self.mapper = mapper  # maps Location/Link and body URLs under this upstream to gateway paths (or removes them)
+        self.call: Call | None = None  # its call chain for forward(), assembled by the app at start-up
 
     async def send(self, method: str, url: str, headers: dict[str, str], data: Any) -> Response:
         """One call upstream. Retries (idempotent methods without a streamed body) on connect errors and 502/503/504,

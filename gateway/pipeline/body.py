@@ -14,16 +14,16 @@ class LimitedBody:
 
     def __init__(self, request: web.Request, limit: int) -> None:
         self._content = request.content
-        self._limit = limit
+        self.limit = limit
         self.exceeded = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         total = 0
         async for chunk in self._content.iter_any():
             total += len(chunk)
-            if total > self._limit:
+            if total > self.limit:
                 self.exceeded = True
-                raise PayloadTooLarge(f"the request body is larger than the limit of {self._limit} bytes")
+                raise PayloadTooLarge(f"the request body is larger than the limit of {self.limit} bytes")
             yield chunk
 
 

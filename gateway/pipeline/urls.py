@@ -20,8 +20,10 @@ _QUOTE_SAFE = "-._~"
 _NOTHING_TO_ENCODE = re.compile(r"[A-Za-z0-9._~-]*\Z").match
 
 
-def _encode(value: str) -> str:
-    """Percent-encode a parameter value whole; most values need nothing, and the regex check is cheaper than quote."""
+def encode_segment(value: str) -> str:
+    """Percent-encode a parameter value (or a path segment) whole: ``"a b/c"`` -> ``"a%20b%2Fc"``.
+
+    Most values need nothing, and the regex check is cheaper than quote."""
     return value if _NOTHING_TO_ENCODE(value) else quote(value, safe=_QUOTE_SAFE)
 
 
@@ -39,18 +41,12 @@ class UrlTemplate:
 
     def build(self, params: Mapping[str, str], raw: Mapping[str, list[str]], client_query: str,
               inject_query: str) -> str:
-        """The upstream URL, already percent-encoded: client query first, then the template's, then secrets."""
+        """The upstream URL, already percent-encoded: the template's own params, then the client's, then secrets."""
         url = self._static
         if url is None:
             url = self._base + "".join(self._fill(self._path, params, raw))
-        parts = []
-        if self._query is not None:
-            parts.append("".join(self._fill(self._query, params, {})))
-        if client_query:
-            parts.append(self._client_query(client_query) if self._override else client_query)
-        if inject_query:
-            parts.append(inject_query)
-        query = "&".join(p for p in parts if p)
+        own = "".join(self._fill(self._query, params, {})) if self._query is not None else ""
+        query = join_query(client_query, self._override, own, inject_query)
         return f"{url}?{query}" if query else url
 
     def _fill(self, pieces: list[str], params: Mapping[str, str], raw: Mapping[str, list[str]]) -> list[str]:
@@ -59,19 +55,27 @@ class UrlTemplate:
             if i % 2 == 0:
                 out.append(piece)
             elif piece in raw:
-                out.append("/".join(map(_encode, raw[piece])))
+                out.append("/".join(map(encode_segment, raw[piece])))
             else:
-                out.append(_encode(params.get(piece, "")))
+                out.append(encode_segment(params.get(piece, "")))
         return out
-
-    def _client_query(self, query: str) -> str:
-        """Drop the client's parameters that an injected secret or the template itself sets."""
-        return without_params(query, self._override)
 
 
 def _compile(text: str) -> list[str]:
     """``"/a/{x}/b"`` -> ``["/a/", "x", "/b"]``: literals at even positions, parameter names at odd ones."""
     return PLACEHOLDER.split(text)
+
+
+def join_query(client: str, drop: set[str] | frozenset[str], own: str, inject: str) -> str:
+    """The query sent upstream: the call's own params, the client's (less any name in ``drop``), then the secrets.
+
+    ``join_query("a=1&key=x", {"key"}, "q=Paris", "key=SECRET")`` -> ``"q=Paris&a=1&key=SECRET"``.
+    """
+    if client and drop:
+        client = without_params(client, drop)
+    if not own and not inject:
+        return client
+    return "&".join(p for p in (own, client, inject) if p)
 
 
 def without_params(query: str, names: set[str]) -> str:

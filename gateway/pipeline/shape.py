@@ -7,11 +7,37 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import jmespath
 
 from ..config import ResponseShape
+from .values import Answer, Call, OutRequest, read_whole
+
+log = logging.getLogger("gateway.upstream")
+
+
+def shape(spec: ResponseShape | None, *, limit: int):
+    """The ``response:`` step of a forward: a 2xx JSON answer is read whole (at most ``limit`` bytes) and reshaped;
+    anything else passes as it came. None when the forward does not shape."""
+    if spec is None:
+        return None
+    shaper = Shaper(spec)
+
+    async def shape(out: OutRequest, call_next: Call) -> Answer:
+        answer = await call_next(out)
+        body = await read_whole(answer, limit, "to shape it")
+        if 200 <= answer.status < 300:
+            try:
+                body = shaper(body)
+                answer.headers["Content-Type"] = "application/json"
+            except ValueError:
+                log.warning("upstream %s sent a body that is not JSON: it was not shaped", answer.upstream)
+        answer.body = body
+        return answer
+
+    return shape
 
 
 class Shaper:
