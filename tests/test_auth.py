@@ -13,6 +13,8 @@ KEYS = {"CLIENT_KEY": "ck-live-CLIENTKEY-0123456789", "OTHER_KEY": "ck-live-OTHE
 ROUTES = {
     "user.py": "async def GET(req):\n    return {'name': 'John Doe'}\n",
     "open.py": "config = {'public': True}\nasync def GET(req):\n    return {'open': True}\n",
+    "spends.py": "async def handler(req):\n    return {'spent': req.method}\n",
+    "own_options.py": "async def GET(req):\n    return 1\nasync def OPTIONS(req):\n    return {'spent': 'OPTIONS'}\n",
 }
 YAML = """
 clients:
@@ -86,6 +88,24 @@ async def test_public_routes_options_and_health_need_no_key(aiohttp_client, aioh
     assert (await client.options("/api/user")).status == 204
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 200
+
+
+@pytest.mark.parametrize("path", ["/api/spends", "/api/own_options"])
+async def test_a_module_that_answers_options_itself_needs_the_key_for_it(aiohttp_client, aiohttp_server, tmp_path,
+                                                                         path):
+    client, _ = await _client(aiohttp_client, aiohttp_server, tmp_path)
+    resp = await client.options(path)
+    assert resp.status == 401 and (await resp.json())["error"] == "unauthorized"
+    resp = await client.options(path, headers={"X-API-Key": KEYS["CLIENT_KEY"]})
+    assert resp.status == 200 and await resp.json() == {"spent": "OPTIONS"}
+
+
+async def test_the_gateways_own_options_answer_needs_no_key(aiohttp_client, aiohttp_server, tmp_path):
+    client, seen = await _client(aiohttp_client, aiohttp_server, tmp_path)
+    for path in ("/api/user", "/api/svc/x"):
+        resp = await client.options(path)
+        assert resp.status == 204 and "OPTIONS" in resp.headers["Allow"]
+    assert seen == []  # nothing reached the upstream
 
 
 async def test_without_api_keys_everything_is_open(aiohttp_client, tmp_path):

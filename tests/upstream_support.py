@@ -77,6 +77,7 @@ class Recorder:
     async def serve(self, aiohttp_server: Any) -> int:
         """Start the fake upstream; returns its port. No access log: its request lines carry the injected key."""
         server = await aiohttp_server(self.app, access_log=None)
+        self.port: int = server.port
         return server.port
 
 

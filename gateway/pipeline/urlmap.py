@@ -132,8 +132,7 @@ class UrlMapper:
             return True
         if self._ipv4 is not None:
             for match in _AUTHORITY.finditer(normal):
-                host = match[1].rpartition(":")[0] if match[1].count(":") == 1 else match[1]
-                if _parse_ipv4(host.rstrip(".")) == self._ipv4:
+                if _ipv4_of(match[1]) == self._ipv4:
                     return True
         return False
 
@@ -168,7 +167,13 @@ def _precedence(segments: tuple[Segment, ...], path: str) -> tuple[list[int], in
 
 
 def _normalise(text: str) -> str:
-    """Percent-decoded (up to three times), NFKC-folded (full-width letters and dots), backslashes as slashes."""
+    """Percent-decoded (up to three times), NFKC-folded (full-width letters and dots), backslashes as slashes;
+    a header read as latin-1 that holds UTF-8 (how a browser reads a Location) is read as UTF-8 too."""
+    if not text.isascii():
+        try:
+            text = text.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            pass
     for _ in range(3):
         if "%" not in text:
             break
@@ -202,6 +207,19 @@ def _ipv4(hostname: str) -> int | None:
     except ValueError:
         return None
     return int(address) if address.version == 4 else None
+
+
+def _ipv4_of(authority: str) -> int | None:
+    """The IPv4 address an authority (``host[:port]``) names, in any notation: ``0x7f.1:80`` and
+    ``[::ffff:7f00:1]`` -> 2130706433."""
+    if authority.startswith("["):
+        try:
+            mapped = ipaddress.IPv6Address(authority[1:].partition("]")[0]).ipv4_mapped
+        except ValueError:
+            return None
+        return int(mapped) if mapped is not None else None
+    host = authority.rpartition(":")[0] if ":" in authority else authority
+    return _parse_ipv4(host.rstrip("."))
 
 
 def _parse_ipv4(host: str) -> int | None:
