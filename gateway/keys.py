@@ -72,6 +72,7 @@ MATCH = web.RequestKey("gateway.match", Match)  # which route, and its parameter
 ANSWER_HEADERS = web.RequestKey("gateway.answer_headers", CIMultiDict)
 FACTS = web.RequestKey("gateway.facts", Facts)
 IDENTITY = web.RequestKey("gateway.identity", str)  # who is calling: see Facts.client
+REQUEST_ID = web.RequestKey("gateway.request_id", str)  # the X-Request-Id this request answers with
 CLAIMS = web.RequestKey("gateway.claims", dict)  # a verified JWT's claims (handlers read req["claims"] too)
 HEAD_AS_GET = web.RequestKey("gateway.head_as_get", bool)  # a HEAD answered by the module's GET function
 PENDING = web.RequestKey("gateway.upstream_responses", list)  # forward() answers a handler has not returned

@@ -11,8 +11,9 @@ from secrets import token_hex
 
 from aiohttp import web
 
+from .keys import REQUEST_ID
+
 HEADER = "X-Request-Id"
-REQUEST_ID = web.RequestKey("gateway.request_id", str)
 _PLAIN_TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z").match
 
 
