@@ -17,6 +17,7 @@ from .keys import CONFIG, RUNTIME, UPSTREAMS, Resources, Runtime
 from .pipeline.build import build_call, build_endpoint, build_health
 from .pipeline.endpoint import ForwardEndpoint
 from .pipeline.urlmap import UrlMapper
+from .pipeline.websocket import WebSocketEndpoint, WebSocketSessions
 from .request_id import add_request_id
 from .routing import FallbackResource, GatewayResource, RouteConflict, RouteTable, bad_path
 
@@ -46,7 +47,8 @@ def build_table(config: Config) -> RouteTable:
         except RouteFileError as exc:
             problems.append(str(exc))
     for forward in config.forwards:
-        endpoints.append(ForwardEndpoint(forward, config, table.prefix))
+        kind = WebSocketEndpoint if forward.websocket else ForwardEndpoint
+        endpoints.append(kind(forward, config, table.prefix))
     for endpoint in endpoints:
         try:
             table.add(endpoint)
@@ -61,7 +63,8 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     app = web.Application(client_max_size=config.server.max_body)
     scrubber = Scrubber(config.secret_values)  # one for the app: upstream bodies, headers and our own log lines
     upstreams = build_upstreams(config, scrubber)
-    res = Resources(config, scrubber, upstreams, debug)
+    websockets = WebSocketSessions()
+    res = Resources(config, scrubber, upstreams, websockets, debug)
     app[CONFIG] = config
     app[RUNTIME] = Runtime(scrubber, debug=debug, max_response=config.server.max_response)
     app[UPSTREAMS] = upstreams
@@ -76,7 +79,7 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     web_response.SERVER_SOFTWARE = SERVER_HEADER
     app.on_response_prepare.append(add_request_id)
     app.on_shutdown.append(_start_draining)
-    app.cleanup_ctx.append(_close_pools(upstreams))
+    app.cleanup_ctx.append(_close_pools(upstreams, websockets))
     return app
 
 
@@ -91,8 +94,9 @@ def build_upstreams(config: Config, scrubber: Scrubber) -> dict[str, Upstream]:
     return upstreams
 
 
-def _close_pools(upstreams: dict[str, Upstream]) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The cleanup_ctx that owns every upstream's connection pool for the life of the app."""
+def _close_pools(upstreams: dict[str, Upstream],
+                 websockets: WebSocketSessions) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The cleanup_ctx that owns every upstream's connection pool (and the WebSocket client) for the app's life."""
 
     async def pools(app: web.Application) -> AsyncIterator[None]:
         try:
@@ -100,6 +104,7 @@ def _close_pools(upstreams: dict[str, Upstream]) -> Callable[[web.Application], 
         finally:
             for upstream in upstreams.values():
                 await upstream.pool.close()
+            await websockets.close()
 
     return pools
 

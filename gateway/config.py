@@ -84,6 +84,9 @@ class ForwardConfig:
     max_body: int | None = None
     public: bool = False
     line: int | None = None
+    websocket: bool = False  # a WebSocket forward (SPEC §10): the upgrade is relayed to the upstream
+    max_message: int = 1024**2  # websocket: the largest message either way -> closed with 1009
+    idle_timeout: float = 300.0  # websocket: no message either way for this long -> both sides closed
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,8 @@ class _Reader(ValueReader):
             self.fail(path, "missing 'url': give the upstream's base URL, e.g. url: https://api.example.com/v1")
         elif (url := self.string(raw["url"], (*path, "url"))) is not None:
             if not _is_base_url(url):
-                self.fail((*path, "url"), f"{url!r} is not an http(s) base URL like https://api.example.com/v1")
+                self.fail((*path, "url"), f"{url!r} is not an http(s) (or ws(s)) base URL like "
+                                          "https://api.example.com/v1")
                 url = None
         timeout = self.converted(raw.get("timeout", 30), (*path, "timeout"), parse_duration)
         retries = self.integer(raw.get("retries", 0), (*path, "retries"), 0, 10)
@@ -228,7 +232,8 @@ class _Reader(ValueReader):
 
     def forward(self, key: str, value: Any, upstreams: Mapping[str, object]) -> ForwardConfig | None:
         path: YamlPath = ("forwards", key)
-        known = ("upstream", "path", "methods", "cache", "rate_limit", "response", "rewrite_urls", "max_body", "public")
+        known = ("upstream", "path", "methods", "cache", "rate_limit", "response", "rewrite_urls", "max_body", "public",
+                 "websocket", "max_message", "idle_timeout")
         raw = self.mapping(value, path, known)
         if value is not None and not isinstance(value, dict):
             return None
@@ -259,10 +264,40 @@ class _Reader(ValueReader):
         rewrite = self.boolean(raw["rewrite_urls"], (*path, "rewrite_urls")) if "rewrite_urls" in raw else False
         max_body = self.converted(raw["max_body"], (*path, "max_body"), parse_size) if "max_body" in raw else None
         public = self.boolean(raw["public"], (*path, "public")) if "public" in raw else False
-        if not ok or upstream is None or target is None or methods is None:
+        websocket = self.websocket(raw, path, upstream)
+        if not ok or upstream is None or target is None or methods is None or websocket is None:
             return None
         return ForwardConfig(key, segments, upstream, target, methods, cache, rate, response, bool(rewrite),
-                             max_body, bool(public), self.doc.line(path))
+                             max_body, bool(public), self.doc.line(path), **websocket)
+
+    def websocket(self, raw: dict[str, Any], path: YamlPath, upstream: str | None) -> dict[str, Any] | None:
+        """The WebSocket keys of a forward; a ws:// upstream serves only WebSocket forwards, and a WebSocket
+        forward takes none of the HTTP-only keys."""
+        on = self.boolean(raw["websocket"], (*path, "websocket")) if "websocket" in raw else False
+        out: dict[str, Any] = {"websocket": bool(on)}
+        for key, parse in (("max_message", parse_size), ("idle_timeout", parse_duration)):
+            if key in raw:
+                if not on:
+                    self.fail((*path, key), f"{key} applies to WebSocket forwards only: add websocket: true")
+                    return None
+                out[key] = self.converted(raw[key], (*path, key), parse)
+                if out[key] is None:
+                    return None
+        up_url = self.doc.data.get("upstreams", {}).get(upstream, {}) if isinstance(self.doc.data, dict) else {}
+        up_url = up_url.get("url", "") if isinstance(up_url, dict) else ""
+        if not on and isinstance(up_url, str) and up_url.startswith(("ws:", "wss:")):
+            self.fail((*path, "upstream"), f"upstream {upstream!r} has a {up_url.split(':')[0]}:// url: only a "
+                                           "forward with websocket: true can use it")
+            return None
+        if on:
+            for key in ("response", "rewrite_urls", "cache", "max_body"):
+                if key in raw:
+                    self.fail((*path, key), f"{key} does not apply to a WebSocket forward: remove it")
+                    return None
+            if "methods" in raw and [str(m).upper() for m in raw["methods"] or []] != ["GET"]:
+                self.fail((*path, "methods"), "a WebSocket forward is opened with GET: remove methods or use [GET]")
+                return None
+        return out
 
     def target_path(self, target: str, key: str, segments: tuple[Segment, ...], path: YamlPath) -> bool:
         if not target.startswith("/"):
@@ -314,4 +349,5 @@ def _is_base_url(url: str) -> bool:
         parts.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError:  # also "https://[::1" (an unclosed IPv6 bracket)
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+    return parts.scheme in ("http", "https", "ws", "wss") and bool(parts.hostname) and not parts.query \
+        and not parts.fragment

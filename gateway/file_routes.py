@@ -64,6 +64,7 @@ class FileEndpoint:
     """Dispatches by method: HEAD falls back to GET, anything the module does not answer gets 405."""
 
     kind = "file"
+    websocket = False
 
     def __init__(self, route: RouteFile, module: ModuleType, prefix: str, *, app_max_body: int) -> None:
         self.segments = route.segments

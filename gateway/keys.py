@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -17,6 +17,9 @@ from multidict import CIMultiDict
 from .config import Config
 from .forward.scrub import Scrubber
 from .forward.upstream import Upstream
+
+if TYPE_CHECKING:
+    from .pipeline.websocket import WebSocketSessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ class Resources:
     config: Config
     scrubber: Scrubber
     upstreams: Mapping[str, Upstream]
+    websockets: WebSocketSessions  # the client of WebSocket forwards
     debug: bool = False
 
 

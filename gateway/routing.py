@@ -36,6 +36,7 @@ class Endpoint(Protocol):
     allow: str  # the Allow header: its methods, sorted
     public: bool  # needs no client API key
     own_options: bool  # it answers OPTIONS itself (then OPTIONS needs a client key like any other method)
+    websocket: bool  # a WebSocket forward (its upgrade's Origin is checked)
 
     def terminal(self, res: Resources) -> Handler:
         """Its innermost handler, built once at start-up from the process-wide resources."""

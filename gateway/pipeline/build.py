@@ -13,6 +13,7 @@ from ..config import ForwardConfig
 from ..edge.auth import authenticate
 from ..edge.errors import render_errors
 from ..edge.options import answer_options
+from ..edge.origin import check_origin
 from ..forward.upstream import Upstream
 from ..keys import Resources
 from ..routing import Endpoint, Handler
@@ -31,6 +32,7 @@ def build_endpoint(endpoint: Endpoint, res: Resources) -> Handler:
         render_errors(res.scrubber, debug=res.debug),  # outermost: every step below may raise; all errors become JSON
         # observe (access log, metrics): second, so it sees every answer, errors included      -- issue 9
         # cors: before auth and the OPTIONS answer, as a browser's preflight carries no key   -- issue 8
+        check_origin(None, enabled=endpoint.websocket),  # a WebSocket is not protected by CORS: refuse cross-site
         None if endpoint.own_options else answer_options(endpoint.allow),  # the gateway's own OPTIONS: no key needed
         None if endpoint.public else authenticate(res.config.clients.api_keys),  # who may spend the key at all
         # rate_limit: the cheapest refusal once the client is known (a 401 is never counted)  -- issue 8

@@ -18,6 +18,7 @@ from .urls import UrlTemplate
 class ForwardEndpoint:
     kind = "forward"
     own_options = False  # the gateway answers OPTIONS for a forward
+    websocket = False
 
     def __init__(self, forward: ForwardConfig, config: Config, prefix: str) -> None:
         self.forward = forward
