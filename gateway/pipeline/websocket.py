@@ -61,8 +61,10 @@ class WebSocketSessions:
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            # no cookie jar: an upstream's cookies are never kept, nor sent to another client
-            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+            # no cookie jar: an upstream's cookies are never kept, nor sent to another client; no pool limit: each
+            # WebSocket holds its connection for its whole life (aiohttp's default of 100 would queue the 101st)
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+                                                  connector=aiohttp.TCPConnector(limit=0))
         return self._session
 
     async def close(self) -> None:
