@@ -11,6 +11,7 @@ from aiohttp import web, web_response
 from .auth import require_api_key
 from .config import Config
 from .discovery import RouteFileError, discover, import_route, prepare_imports
+from .edge.answer import apply_answer_headers
 from .errors import (
     GatewayError,
     InternalError,
@@ -95,6 +96,7 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     # parse (before any app code runs): replacing that default is the one way to keep software and version out.
     web_response.SERVER_SOFTWARE = SERVER_HEADER
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(apply_answer_headers)  # what the edge steps put in ANSWER_HEADERS, on every answer
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(upstream_sessions(config, scrubber))
     return app
