@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web, web_response
 
 from .auth import require_api_key
-from .config import Config
+from .config import METHODS, Config
 from .discovery import RouteFileError, discover, import_route, prepare_imports
 from .edge.answer import apply_answer_headers
+from .edge.cors import Step, cors
 from .errors import (
     GatewayError,
     InternalError,
@@ -25,10 +27,11 @@ from .errors import (
 )
 from .file_routes import FileEndpoint
 from .forward.endpoint import ForwardEndpoint
+from .forward.headers import request_allowlist
 from .forward.scrub import Scrubber
 from .forward.sessions import upstream_sessions
 from .request_id import add_request_id
-from .routing import FallbackResource, GatewayResource, Handler, RouteConflict, RouteTable
+from .routing import Endpoint, FallbackResource, GatewayResource, Handler, RouteConflict, RouteTable
 
 log = logging.getLogger("gateway")
 SERVER_HEADER = "gateway"  # a fixed generic word: no software name, no version
@@ -90,8 +93,17 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     app.router.add_route("*", "/readyz", guard(readyz))
     keys = config.clients.api_keys
     protect = require_api_key(keys) if keys else None
-    app.router.register_resource(GatewayResource(table, redirect_trailing_slash, wrap=guard, protect=protect))
-    app.router.register_resource(FallbackResource(guard(not_found)))  # last: whatever nothing else matched
+
+    def stack(endpoint: Endpoint) -> Handler:  # outermost first: cors -> client key -> the endpoint
+        handler = endpoint.handle if endpoint.public or protect is None else protect(endpoint.handle)
+        step = cors(config.clients.cors, methods=endpoint.methods, **_cors_headers(config, endpoint))
+        return _edge(step, handler)
+
+    # a path no route answers (a 404, the trailing-slash 308) still carries CORS headers, so a page can read it
+    anywhere = cors(config.clients.cors, methods=METHODS, allow_headers=None)
+    app.router.register_resource(GatewayResource(table, _edge(anywhere, redirect_trailing_slash), wrap=guard,
+                                                 stack=stack))
+    app.router.register_resource(FallbackResource(guard(_edge(anywhere, not_found))))  # last: nothing else matched
     # aiohttp sets "Server: Python/3.x aiohttp/3.x" on every response that has none, also on a request it cannot
     # parse (before any app code runs): replacing that default is the one way to keep software and version out.
     web_response.SERVER_SOFTWARE = SERVER_HEADER
@@ -100,6 +112,28 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(upstream_sessions(config, scrubber))
     return app
+
+
+def _edge(step: Step | None, handler: Handler) -> Handler:
+    """``handler`` behind an edge step (interim: the pipeline's build_endpoint will assemble these)."""
+    if step is None:
+        return handler
+
+    async def edged(request: web.Request) -> web.StreamResponse:
+        return await step(request, handler)
+
+    return edged
+
+
+def _cors_headers(config: Config, endpoint: Endpoint) -> dict[str, Any]:
+    """What a route may receive and pass back, for its CORS step: a forward's allowlists; a file route takes any."""
+    if not isinstance(endpoint, ForwardEndpoint):
+        return {"allow_headers": None, "expose_headers": ()}
+    upstream = config.upstreams[endpoint.target]
+    receives = request_allowlist(upstream.forward_headers) | {"x-request-id"}
+    if config.clients.api_keys:
+        receives |= {"authorization", "x-api-key"}
+    return {"allow_headers": receives, "expose_headers": upstream.expose_headers}
 
 
 def guard(handler: Handler) -> Handler:

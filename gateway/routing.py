@@ -145,6 +145,10 @@ def _as_is(handler: Handler) -> Handler:
     return handler
 
 
+def _handle(endpoint: Endpoint) -> Handler:
+    return endpoint.handle
+
+
 class GatewayResource(AbstractResource):
     """One aiohttp resource answering everything under the prefix from the RouteTable.
 
@@ -152,14 +156,11 @@ class GatewayResource(AbstractResource):
     """
 
     def __init__(self, table: RouteTable, redirect: Handler, *, wrap: Callable[[Handler], Handler] = _as_is,
-                 protect: Callable[[Handler], Handler] | None = None) -> None:
+                 stack: Callable[[Endpoint], Handler] = _handle) -> None:
         super().__init__(name=None)
         self._table = table
         self._prefix = table.prefix
-        self._routes = {
-            id(e): ResourceRoute("*", wrap(e.handle if e.public or protect is None else protect(e.handle)), self)
-            for e in table.endpoints
-        }
+        self._routes = {id(e): ResourceRoute("*", wrap(stack(e)), self) for e in table.endpoints}
         self._redirect = ResourceRoute("*", wrap(redirect), self)
         self._bad_path = ResourceRoute("*", wrap(_bad_path), self)
         self._allowed = {m for e in table.endpoints for m in e.methods} | {"HEAD", "OPTIONS"}
