@@ -8,13 +8,14 @@ from aiohttp import web, web_response
 
 from .config import Config
 from .discovery import RouteFileError, discover, import_route, prepare_imports
+from .edge.answer import apply_answer_headers
 from .errors import MethodNotAllowed, NotFound, error_response
 from .file_routes import FileEndpoint
 from .forward.client import Pool
 from .forward.scrub import Scrubber
 from .forward.upstream import Upstream
 from .keys import CONFIG, RUNTIME, UPSTREAMS, Resources, Runtime
-from .pipeline.build import build_call, build_endpoint, build_health
+from .pipeline.build import build_call, build_endpoint, build_fallback, build_health
 from .pipeline.endpoint import ForwardEndpoint
 from .pipeline.urlmap import UrlMapper
 from .pipeline.websocket import WebSocketEndpoint, WebSocketSessions
@@ -71,13 +72,14 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     app.router.add_route("*", "/healthz", build_health(healthz, res))
     app.router.add_route("*", "/readyz", build_health(readyz, res))
     handlers = {id(e): build_endpoint(e, res) for e in table.endpoints}
-    app.router.register_resource(GatewayResource(table, handlers, redirect=build_health(redirect_trailing_slash, res),
-                                                 bad_path=build_health(bad_path, res)))
-    app.router.register_resource(FallbackResource(build_health(not_found, res)))  # last: whatever nothing matched
+    app.router.register_resource(GatewayResource(table, handlers, redirect=build_fallback(redirect_trailing_slash, res),
+                                                 bad_path=build_fallback(bad_path, res)))
+    app.router.register_resource(FallbackResource(build_fallback(not_found, res)))  # last: whatever nothing matched
     # aiohttp sets "Server: Python/3.x aiohttp/3.x" on every response that has none, also on a request it cannot
     # parse (before any app code runs): replacing that default is the one way to keep software and version out.
     web_response.SERVER_SOFTWARE = SERVER_HEADER
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(apply_answer_headers)  # what the edge steps put in ANSWER_HEADERS, on every answer
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(_close_pools(upstreams, websockets))
     return app

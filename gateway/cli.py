@@ -83,8 +83,6 @@ def not_enforced_yet(config: Config, table: RouteTable) -> list[str]:
     """Settings this version validates but does not act on yet: said aloud, so nobody relies on them unknowingly."""
     name = config.file.name
     found = []
-    if config.clients.cors is not None:
-        found.append(f"{name}: clients.cors: not applied yet in this version (no CORS headers are sent)")
     if config.clients.rate_limit is not None:
         found.append(f"{name}: clients.rate_limit: not enforced yet in this version")
     for forward in config.forwards:

@@ -14,6 +14,7 @@ import jmespath
 import jmespath.exceptions
 
 from .config_reader import ValueReader, show_value
+from .origins import ANY, parse_origin
 from .paths import PLACEHOLDER, PathSyntaxError, Segment, params_of, parse_forward_path
 from .secrets import Environment, Secret, redact
 from .units import Rate, parse_duration, parse_rate, parse_size
@@ -36,8 +37,9 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class CorsConfig:
-    origins: tuple[str, ...] = ()
+    origins: tuple[str, ...] = ()  # as browsers send them ("https://app.example.com"), or "https://*.x.com", or "*"
     credentials: bool = False
+    max_age: float = 600.0  # how long a browser may reuse a preflight's answer
 
 
 @dataclass(frozen=True)
@@ -171,16 +173,31 @@ class _Reader(ValueReader):
         for i, key in enumerate(keys):
             if not key:
                 self.fail((*path, "api_keys", i), "an API key cannot be empty")
-        cors = None
-        if "cors" in raw:
-            cors_raw = self.mapping(raw["cors"], (*path, "cors"), ("origins", "credentials"))
-            origins = self.string_list(cors_raw.get("origins"), (*path, "cors", "origins"))
-            credentials = cors_raw.get("credentials", False)
-            if self.boolean(credentials, (*path, "cors", "credentials")) and "*" in origins:
-                self.fail((*path, "cors"), "credentials: true cannot be combined with the origin '*': list the origins")
-            cors = CorsConfig(tuple(origins), credentials is True)
+        cors = self.cors(raw["cors"], (*path, "cors")) if "cors" in raw else None
         rate = self.converted(raw["rate_limit"], (*path, "rate_limit"), parse_rate) if "rate_limit" in raw else None
         return ClientsConfig(tuple(Secret(k) for k in keys if k), cors, rate)
+
+    def cors(self, value: Any, path: YamlPath) -> CorsConfig:
+        raw = self.mapping(value, path, ("origins", "credentials", "max_age"))
+        if not raw.get("origins", True) or "origins" not in raw:  # absent, empty or null: CORS that admits nobody
+            where = (*path, "origins") if "origins" in raw else path
+            self.fail(where, "list the origins allowed to call, e.g. origins: [https://app.example.com]")
+        listed = raw.get("origins")
+        origins = []
+        for i, item in enumerate(listed if isinstance(listed, list) else ()):
+            # YAML reads a bare null as nothing: it still means the origin "null"
+            text = "null" if item is None else self.string(item, (*path, "origins", i))
+            try:
+                origins.append(parse_origin(text)) if text is not None else None
+            except ValueError as exc:
+                self.fail((*path, "origins", i), f"{text!r}: {exc}")
+        if not isinstance(listed, list | None):
+            self.string_list(listed, (*path, "origins"))  # says what was expected
+        credentials = self.boolean(raw["credentials"], (*path, "credentials")) if "credentials" in raw else False
+        if credentials and ANY in origins:
+            self.fail(path, "credentials: true cannot be combined with the origin '*': list the origins")
+        max_age = self.converted(raw.get("max_age", 600), (*path, "max_age"), parse_duration)
+        return CorsConfig(tuple(dict.fromkeys(origins)), credentials is True, 600.0 if max_age is None else max_age)
 
     def upstreams(self, value: Any) -> dict[str, UpstreamConfig]:
         if value is None:

@@ -65,6 +65,8 @@ class FileEndpoint:
 
     kind = "file"
     websocket = False
+    receives = None  # a handler may read any request header
+    exposes: tuple[str, ...] = ()
 
     def __init__(self, route: RouteFile, module: ModuleType, prefix: str, *, app_max_body: int) -> None:
         self.segments = route.segments

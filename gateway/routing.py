@@ -37,6 +37,8 @@ class Endpoint(Protocol):
     public: bool  # needs no client API key
     own_options: bool  # it answers OPTIONS itself (then OPTIONS needs a client key like any other method)
     websocket: bool  # a WebSocket forward (its upgrade's Origin is checked)
+    receives: frozenset[str] | None  # the request headers it passes on (lower case; None: a file route, any)
+    exposes: tuple[str, ...]  # the upstream response headers it passes back beyond the safe ones
 
     def terminal(self, res: Resources) -> Handler:
         """Its innermost handler, built once at start-up from the process-wide resources."""

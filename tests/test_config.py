@@ -210,7 +210,7 @@ SERVER_KEYS = "host, port, prefix, routes, workers, max_body, max_response, shut
 DURATION = "expected a duration like 250ms, 10s, 5m, 1h or a number of seconds"
 SIZE = "expected a size like 512kb, 1mb or a number of bytes"
 RATE = "expected a rate like 30/minute (N/second, N/minute or N/hour, N >= 1)"
-BASE_URL = "is not an http(s) base URL like https://api.example.com/v1"
+BASE_URL = "is not an http(s) (or ws(s)) base URL like https://api.example.com/v1"
 METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 PREFIX = "the prefix must be a path such as /api (or / for none)"
 NO_URL = "missing 'url': give the upstream's base URL, e.g. url: https://api.example.com/v1"

@@ -9,13 +9,17 @@ None when the feature is not configured, and ``chain`` leaves it out. Both are a
 
 from __future__ import annotations
 
-from ..config import ForwardConfig
+from collections.abc import Callable
+
+from ..config import METHODS, ForwardConfig
 from ..edge.auth import authenticate
+from ..edge.cors import cors
 from ..edge.errors import render_errors
 from ..edge.options import answer_options
 from ..edge.origin import check_origin
 from ..forward.upstream import Upstream
 from ..keys import Resources
+from ..origins import OriginPolicy
 from ..routing import Endpoint, Handler
 from .headers import filter_request_headers, filter_response_headers, inject_secrets
 from .rewrite import rewrite_urls
@@ -28,11 +32,13 @@ from .withhold import withhold_5xx
 
 def build_endpoint(endpoint: Endpoint, res: Resources) -> Handler:
     """The edge stack of one route, outermost first."""
+    clients = res.config.clients
     return chain(endpoint.terminal(res), [
         render_errors(res.scrubber, debug=res.debug),  # outermost: every step below may raise; all errors become JSON
         # observe (access log, metrics): second, so it sees every answer, errors included      -- issue 9
-        # cors: before auth and the OPTIONS answer, as a browser's preflight carries no key   -- issue 8
-        check_origin(None, enabled=endpoint.websocket),  # a WebSocket is not protected by CORS: refuse cross-site
+        cors(clients.cors, methods=endpoint.methods, allow_headers=_may_receive(endpoint, res),  # before auth and
+             expose_headers=endpoint.exposes),  # the OPTIONS answer: a browser's preflight carries no key
+        check_origin(_origins(res), enabled=endpoint.websocket),  # a WebSocket is not protected by CORS
         None if endpoint.own_options else answer_options(endpoint.allow),  # the gateway's own OPTIONS: no key needed
         None if endpoint.public else authenticate(res.config.clients.api_keys),  # who may spend the key at all
         # rate_limit: the cheapest refusal once the client is known (a 401 is never counted)  -- issue 8
@@ -55,8 +61,30 @@ def build_call(upstream: Upstream, forward: ForwardConfig | None = None, *, max_
 
 
 def build_health(handler: Handler, res: Resources) -> Handler:
-    """/healthz, /readyz, /metrics and the 404 fallback: errors as JSON, nothing else (no key, no limit)."""
+    """/healthz, /readyz and /metrics: errors as JSON, nothing else (no key, no limit)."""
     return chain(handler, [render_errors(res.scrubber, debug=res.debug)])
 
 
-__all__ = ["build_call", "build_endpoint", "build_health"]
+def build_fallback(handler: Handler, res: Resources) -> Handler:
+    """What no route answers (a 404, the 308 of a trailing slash, the 400 of an unsafe path): errors as JSON, with
+    the CORS headers a page needs to read them."""
+    return chain(handler, [
+        render_errors(res.scrubber, debug=res.debug),
+        cors(res.config.clients.cors, methods=METHODS, allow_headers=None),
+    ])
+
+
+def _may_receive(endpoint: Endpoint, res: Resources) -> frozenset[str] | None:
+    """The request headers a preflight may ask for: what the route passes on, the gateway's own, the client key."""
+    if endpoint.receives is None:
+        return None  # a file route reads whatever it likes
+    auth = {"authorization", "x-api-key"} if res.config.clients.api_keys else set()
+    return endpoint.receives | {"x-request-id"} | auth
+
+
+def _origins(res: Resources) -> Callable[[str], bool] | None:
+    policy = res.config.clients.cors
+    return OriginPolicy(policy.origins).allows if policy is not None else None
+
+
+__all__ = ["build_call", "build_endpoint", "build_fallback", "build_health"]

@@ -10,6 +10,7 @@ from ..keys import MATCH, Resources
 from ..paths import pattern_of
 from ..routing import Handler
 from .build import build_call
+from .headers import request_allowlist
 from .outgoing import forward_request
 from .respond import respond
 from .urls import UrlTemplate
@@ -34,6 +35,9 @@ class ForwardEndpoint:
         self.methods = tuple(sorted(allowed))
         self.allow = ", ".join(self.methods)
         self.max_body = forward.max_body if forward.max_body is not None else config.server.max_body
+        upstream = config.upstreams[forward.upstream]
+        self.receives = request_allowlist(upstream.forward_headers)
+        self.exposes = upstream.expose_headers
 
     def terminal(self, res: Resources) -> Handler:
         upstream = res.upstreams[self.target]

@@ -76,6 +76,8 @@ class WebSocketEndpoint:
     kind = "forward"
     own_options = False
     websocket = True
+    receives: frozenset[str] = frozenset()  # a browser never preflights a WebSocket
+    exposes: tuple[str, ...] = ()
 
     def __init__(self, forward: ForwardConfig, config: Config, prefix: str) -> None:
         self.forward = forward

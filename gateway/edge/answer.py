@@ -1,0 +1,56 @@
+"""Headers every answer to a request carries: steps add them to ``request[ANSWER_HEADERS]``, the app merges them.
+
+Merged in ``on_response_prepare``, so they reach every response prepared for the request: the endpoint's own, a
+stream it prepared itself, and the error an outer step rendered from an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..keys import ANSWER_HEADERS
+
+
+def answer_headers(request: web.Request) -> CIMultiDict[str]:
+    """The request's ANSWER_HEADERS, created on first use."""
+    headers = request.get(ANSWER_HEADERS)
+    if headers is None:
+        headers = request[ANSWER_HEADERS] = CIMultiDict()
+    return headers
+
+
+async def apply_answer_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: each answer header replaces the response's own of that name; Vary adds its tokens.
+
+    ``Vary: Accept-Language`` on the response + ``Vary: Origin`` answer header -> ``Vary: Accept-Language, Origin``.
+    """
+    extra = request.get(ANSWER_HEADERS)
+    if not extra:
+        return
+    headers = response.headers
+    replaced: set[str] = set()
+    for name, value in extra.items():
+        key = name.lower()
+        if key == "vary":
+            continue
+        if key not in replaced:
+            headers.popall(name, None)
+            replaced.add(key)
+        headers.add(name, value)
+    if "Vary" in extra:
+        headers["Vary"] = merge_vary(headers.getall("Vary", ()), extra.getall("Vary"))
+
+
+def merge_vary(own: Iterable[str], added: Iterable[str]) -> str:
+    """``["Accept-Encoding"]`` + ``["origin", "Origin, X-Cache"]`` -> ``"Accept-Encoding, origin, X-Cache"``; a
+    response that already varies on ``*`` stays ``*``."""
+    tokens: dict[str, str] = {}
+    for value in (*own, *added):
+        for token in value.split(","):
+            token = token.strip()
+            if token:
+                tokens.setdefault(token.lower(), token)
+    return "*" if "*" in tokens else ", ".join(tokens.values())
