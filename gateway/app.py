@@ -26,6 +26,7 @@ from .file_routes import FileEndpoint
 from .forward.endpoint import ForwardEndpoint
 from .forward.scrub import Scrubber
 from .forward.sessions import upstream_sessions
+from .keys import ANSWER_HEADERS
 from .request_id import add_request_id
 from .routing import FallbackResource, GatewayResource, Handler, RouteConflict, RouteTable
 
@@ -95,6 +96,7 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     # parse (before any app code runs): replacing that default is the one way to keep software and version out.
     web_response.SERVER_SOFTWARE = SERVER_HEADER
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(merge_answer_headers)
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(upstream_sessions(config, scrubber))
     return app
@@ -133,6 +135,17 @@ def _error_response(request: web.Request, exc: Exception) -> web.Response:
     if runtime.debug:
         return error_response(500, "internal_error", trace)
     return render(InternalError())
+
+
+async def merge_answer_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the headers every answer to this request carries (RateLimit, X-Cache), errors and
+    streams included. Interim: the pipeline's own hook (issue 6) replaces this one.
+    """
+    extra = request.get(ANSWER_HEADERS)
+    if extra:
+        for name in extra.keys():
+            response.headers.popall(name, None)
+        response.headers.extend(extra)
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
