@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
+from .edge.identity import key_identity
 from .errors import Unauthorized
+from .keys import IDENTITY
 from .routing import Handler
 from .secrets import Secret
 
@@ -22,11 +24,14 @@ def require_api_key(keys: Sequence[Secret]) -> Callable[[Handler], Handler]:
 
     def wrap(handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
-            if request.method != "OPTIONS" and not _has_key(request, values):
-                raise Unauthorized(
-                    "a valid API key is required: send it as X-API-Key or Authorization: Bearer",
-                    headers={"WWW-Authenticate": 'Bearer realm="gateway"'},
-                )
+            if request.method != "OPTIONS":
+                given = presented_key(request)
+                if given is None or not _matches(given, values):
+                    raise Unauthorized(
+                        "a valid API key is required: send it as X-API-Key or Authorization: Bearer",
+                        headers={"WWW-Authenticate": 'Bearer realm="gateway"'},
+                    )
+                request[IDENTITY] = key_identity(given)  # the verified key names the client, as a hash
             return await handler(request)
 
         return checked
@@ -34,13 +39,18 @@ def require_api_key(keys: Sequence[Secret]) -> Callable[[Handler], Handler]:
     return wrap
 
 
-def _has_key(request: web.Request, values: list[bytes]) -> bool:
+def presented_key(request: web.Request) -> str | None:
+    """The client key as sent (X-API-Key, else ``Authorization: Bearer``), verified or not; None when absent."""
     given = request.headers.get("X-API-Key")
     if given is None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":
-            return False
+            return None
         given = token.strip()
+    return given
+
+
+def _matches(given: str, values: list[bytes]) -> bool:
     candidate = given.encode("utf-8", "surrogateescape")
     matched = False
     for value in values:  # no early exit: every key is compared, whatever matches
