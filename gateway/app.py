@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web, web_response
@@ -11,6 +12,9 @@ from aiohttp import web, web_response
 from .auth import require_api_key
 from .config import Config
 from .discovery import RouteFileError, discover, import_route, prepare_imports
+from .edge.cache import cache, vary_headers
+from .edge.identity import Step, identify
+from .edge.ratelimit import rate_limit, route_policies
 from .errors import (
     GatewayError,
     InternalError,
@@ -27,8 +31,10 @@ from .forward.endpoint import ForwardEndpoint
 from .forward.scrub import Scrubber
 from .forward.sessions import upstream_sessions
 from .keys import ANSWER_HEADERS
+from .paths import pattern_of
 from .request_id import add_request_id
-from .routing import FallbackResource, GatewayResource, Handler, RouteConflict, RouteTable
+from .routing import Endpoint, FallbackResource, GatewayResource, Handler, RouteConflict, RouteTable
+from .state import State, open_state
 
 log = logging.getLogger("gateway")
 SERVER_HEADER = "gateway"  # a fixed generic word: no software name, no version
@@ -44,6 +50,7 @@ class Runtime:
 CONFIG = web.AppKey("config", Config)
 RUNTIME = web.AppKey("runtime", Runtime)
 TABLE = web.AppKey("table", RouteTable)
+STATE = web.AppKey("state", State)
 
 
 class StartupError(Exception):
@@ -90,7 +97,10 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     app.router.add_route("*", "/readyz", guard(readyz))
     keys = config.clients.api_keys
     protect = require_api_key(keys) if keys else None
-    app.router.register_resource(GatewayResource(table, redirect_trailing_slash, wrap=guard, protect=protect))
+    app[STATE] = state = open_state(cache_size=config.server.cache_size)
+    edge = edge_stack(config, state)
+    app.router.register_resource(GatewayResource(table, redirect_trailing_slash, wrap=guard, protect=protect,
+                                                 edge=edge))
     app.router.register_resource(FallbackResource(guard(not_found)))  # last: whatever nothing else matched
     # aiohttp sets "Server: Python/3.x aiohttp/3.x" on every response that has none, also on a request it cannot
     # parse (before any app code runs): replacing that default is the one way to keep software and version out.
@@ -99,7 +109,58 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     app.on_response_prepare.append(merge_answer_headers)
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(upstream_sessions(config, scrubber))
+    app.on_cleanup.append(_close_state)
     return app
+
+
+def edge_stack(config: Config, state: State) -> Callable[[Endpoint], Handler]:
+    """Interim, until the pipeline's build_endpoint (issue 6): per endpoint, after the API-key check,
+    identify -> rate_limit -> cache -> the endpoint. Each factory returns None when its setting is absent.
+    """
+    forwards = {pattern_of(config.server.prefix, f.segments): f for f in config.forwards}
+    upstreams = config.upstreams
+    every_forwarded = [name for upstream in upstreams.values() for name in upstream.forward_headers]
+    file_timeout = max((upstream.timeout for upstream in upstreams.values()), default=30.0)
+    identified = identify(config.server.trusted_proxies)
+
+    def build(endpoint: Endpoint) -> Handler:
+        forward = forwards.get(endpoint.pattern) if endpoint.kind == "forward" else None
+        if forward is not None:
+            upstream = upstreams[forward.upstream]
+            rate, ttl = forward.rate_limit, forward.cache
+            vary, timeout = vary_headers(upstream.forward_headers), upstream.timeout
+        else:  # a route module may call forward() to any upstream: it may vary on any forwarded header
+            options = getattr(endpoint, "options", None)
+            rate = options.rate_limit if options is not None else None
+            ttl = options.cache if options is not None else None
+            vary, timeout = vary_headers(every_forwarded), file_timeout
+        limiter = rate_limit(route_policies(config.clients.rate_limit, rate, endpoint.pattern), state)
+        return stack(endpoint.handle, [
+            identified if limiter is not None else None,  # nothing else reads the identity yet
+            limiter,
+            cache(ttl, state, pattern=endpoint.pattern, vary=vary, timeout=timeout),
+        ])
+
+    return build
+
+
+def stack(handler: Handler, steps: Sequence[Step | None]) -> Handler:
+    """``stack(h, [a, b])`` -> a request passes a, then b, then h; ``None`` steps are left out."""
+    for step in reversed(steps):
+        if step is not None:
+            handler = _bind(step, handler)
+    return handler
+
+
+def _bind(step: Step, call_next: Handler) -> Handler:
+    async def bound(request: web.Request) -> web.StreamResponse:
+        return await step(request, call_next)
+
+    return bound
+
+
+async def _close_state(app: web.Application) -> None:
+    await app[STATE].close()
 
 
 def guard(handler: Handler) -> Handler:
@@ -183,4 +244,4 @@ async def _start_draining(app: web.Application) -> None:
     app[RUNTIME].draining = True
 
 
-__all__ = ["CONFIG", "RUNTIME", "TABLE", "StartupError", "build_table", "create_app", "RouteFileError"]
+__all__ = ["CONFIG", "RUNTIME", "STATE", "TABLE", "StartupError", "build_table", "create_app", "RouteFileError"]

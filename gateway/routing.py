@@ -152,14 +152,16 @@ class GatewayResource(AbstractResource):
     """
 
     def __init__(self, table: RouteTable, redirect: Handler, *, wrap: Callable[[Handler], Handler] = _as_is,
-                 protect: Callable[[Handler], Handler] | None = None) -> None:
+                 protect: Callable[[Handler], Handler] | None = None,
+                 edge: Callable[[Endpoint], Handler] | None = None) -> None:
         super().__init__(name=None)
         self._table = table
         self._prefix = table.prefix
-        self._routes = {
-            id(e): ResourceRoute("*", wrap(e.handle if e.public or protect is None else protect(e.handle)), self)
-            for e in table.endpoints
-        }
+        self._routes = {}
+        for e in table.endpoints:
+            handler = e.handle if edge is None else edge(e)  # edge: the endpoint behind its edge steps
+            self._routes[id(e)] = ResourceRoute("*", wrap(handler if e.public or protect is None else protect(handler)),
+                                                self)
         self._redirect = ResourceRoute("*", wrap(redirect), self)
         self._bad_path = ResourceRoute("*", wrap(_bad_path), self)
         self._allowed = {m for e in table.endpoints for m in e.methods} | {"HEAD", "OPTIONS"}
