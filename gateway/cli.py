@@ -85,18 +85,6 @@ def not_enforced_yet(config: Config, table: RouteTable) -> list[str]:
     found = []
     if config.clients.cors is not None:
         found.append(f"{name}: clients.cors: not applied yet in this version (no CORS headers are sent)")
-    if config.clients.rate_limit is not None:
-        found.append(f"{name}: clients.rate_limit: not enforced yet in this version")
-    for forward in config.forwards:
-        where = f"{name}:{forward.line}" if forward.line else name
-        for key, value in (("rate_limit", forward.rate_limit), ("cache", forward.cache)):
-            if value is not None:
-                found.append(f"{where}: forwards.{forward.key}.{key}: not applied yet in this version")
-    for endpoint in table.endpoints:
-        options = getattr(endpoint, "options", None)
-        for key in ("rate_limit", "cache"):
-            if options is not None and getattr(options, key) is not None:
-                found.append(f"{endpoint.source}: config[{key!r}]: not applied yet in this version")
     return found
 
 
