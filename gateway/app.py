@@ -14,13 +14,14 @@ from .file_routes import FileEndpoint
 from .forward.client import Pool
 from .forward.scrub import Scrubber
 from .forward.upstream import Upstream
-from .keys import CONFIG, RUNTIME, UPSTREAMS, Resources, Runtime
+from .keys import CONFIG, RUNTIME, STATE, UPSTREAMS, Resources, Runtime
 from .pipeline.build import build_call, build_endpoint, build_fallback, build_health
 from .pipeline.endpoint import ForwardEndpoint
 from .pipeline.urlmap import UrlMapper
 from .pipeline.websocket import WebSocketEndpoint, WebSocketSessions
 from .request_id import add_request_id
 from .routing import FallbackResource, GatewayResource, RouteConflict, RouteTable, bad_path
+from .state import State, open_state
 
 SERVER_HEADER = "gateway"  # a fixed generic word: no software name, no version
 
@@ -65,10 +66,12 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     scrubber = Scrubber(config.secret_values)  # one for the app: upstream bodies, headers and our own log lines
     upstreams = build_upstreams(config, scrubber)
     websockets = WebSocketSessions()
-    res = Resources(config, scrubber, upstreams, websockets, debug)
+    state = open_state(cache_size=config.server.cache_size)
+    res = Resources(config, scrubber, upstreams, websockets, state, debug)
     app[CONFIG] = config
     app[RUNTIME] = Runtime(scrubber, debug=debug, max_response=config.server.max_response)
     app[UPSTREAMS] = upstreams
+    app[STATE] = state
     app.router.add_route("*", "/healthz", build_health(healthz, res))
     app.router.add_route("*", "/readyz", build_health(readyz, res))
     handlers = {id(e): build_endpoint(e, res) for e in table.endpoints}
@@ -81,7 +84,7 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(apply_answer_headers)  # what the edge steps put in ANSWER_HEADERS, on every answer
     app.on_shutdown.append(_start_draining)
-    app.cleanup_ctx.append(_close_pools(upstreams, websockets))
+    app.cleanup_ctx.append(_close_pools(upstreams, websockets, state))
     return app
 
 
@@ -96,9 +99,10 @@ def build_upstreams(config: Config, scrubber: Scrubber) -> dict[str, Upstream]:
     return upstreams
 
 
-def _close_pools(upstreams: dict[str, Upstream],
-                 websockets: WebSocketSessions) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The cleanup_ctx that owns every upstream's connection pool (and the WebSocket client) for the app's life."""
+def _close_pools(upstreams: dict[str, Upstream], websockets: WebSocketSessions,
+                 state: State) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The cleanup_ctx that owns every upstream's connection pool, the WebSocket client and the state (counters,
+    cached answers) for the life of the app."""
 
     async def pools(app: web.Application) -> AsyncIterator[None]:
         try:
@@ -107,6 +111,7 @@ def _close_pools(upstreams: dict[str, Upstream],
             for upstream in upstreams.values():
                 await upstream.pool.close()
             await websockets.close()
+            await state.close()
 
     return pools
 
@@ -146,4 +151,4 @@ async def _start_draining(app: web.Application) -> None:
     app[RUNTIME].draining = True
 
 
-__all__ = ["StartupError", "build_table", "create_app", "RouteFileError"]
+__all__ = ["STATE", "StartupError", "build_table", "create_app", "RouteFileError"]

@@ -74,28 +74,7 @@ def load(args: argparse.Namespace) -> tuple[Config, RouteTable] | None:
         # a route module's import error may quote os.environ: never print a secret's value
         _print_problems([redact(problem, config.secret_values) for problem in exc.problems])
         return None
-    for warning in not_enforced_yet(config, table):
-        print(f"warning: {warning}", file=sys.stderr)
     return config, table
-
-
-def not_enforced_yet(config: Config, table: RouteTable) -> list[str]:
-    """Settings this version validates but does not act on yet: said aloud, so nobody relies on them unknowingly."""
-    name = config.file.name
-    found = []
-    if config.clients.rate_limit is not None:
-        found.append(f"{name}: clients.rate_limit: not enforced yet in this version")
-    for forward in config.forwards:
-        where = f"{name}:{forward.line}" if forward.line else name
-        for key, value in (("rate_limit", forward.rate_limit), ("cache", forward.cache)):
-            if value is not None:
-                found.append(f"{where}: forwards.{forward.key}.{key}: not applied yet in this version")
-    for endpoint in table.endpoints:
-        options = getattr(endpoint, "options", None)
-        for key in ("rate_limit", "cache"):
-            if options is not None and getattr(options, key) is not None:
-                found.append(f"{endpoint.source}: config[{key!r}]: not applied yet in this version")
-    return found
 
 
 def _load_dotenv(config: Config) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,8 @@ class ServerConfig:
     max_body: int = 1024**2
     max_response: int = 16 * 1024**2  # the most of an upstream answer read into memory (shaping, forward().read())
     shutdown_grace: float = 10.0
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # whose X-Forwarded-For counts
+    cache_size: int = 64 * 1024**2  # bytes of cached answers kept, least recently used first out
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,8 @@ class _Reader(ValueReader):
 
     def server(self, value: Any) -> ServerConfig:
         path: YamlPath = ("server",)
-        known = ("host", "port", "prefix", "routes", "workers", "max_body", "max_response", "shutdown_grace")
+        known = ("host", "port", "prefix", "routes", "workers", "max_body", "max_response", "shutdown_grace",
+                 "trusted_proxies", "cache_size")
         raw = self.mapping(value, path, known)
         out: dict[str, Any] = {}
         if "host" in raw:
@@ -164,7 +168,32 @@ class _Reader(ValueReader):
             out["max_response"] = self.converted(raw["max_response"], (*path, "max_response"), parse_size)
         if "shutdown_grace" in raw:
             out["shutdown_grace"] = self.converted(raw["shutdown_grace"], (*path, "shutdown_grace"), parse_duration)
+        if "trusted_proxies" in raw:
+            out["trusted_proxies"] = self.networks(raw["trusted_proxies"], (*path, "trusted_proxies"))
+        if "cache_size" in raw:
+            out["cache_size"] = self.converted(raw["cache_size"], (*path, "cache_size"), parse_size)
         return ServerConfig(**{k: v for k, v in out.items() if v is not None})
+
+    def networks(self, value: Any, path: YamlPath) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``["10.0.0.0/8", "::1"]`` -> the networks; a host address is its own /32 or /128."""
+        out = []
+        for i, text in enumerate(self.string_list(value, path)):
+            try:
+                network = ipaddress.ip_network(text.strip())
+            except ValueError:
+                try:
+                    loose = ipaddress.ip_network(text.strip(), strict=False)
+                except ValueError:
+                    self.fail((*path, i), f"{text!r} is not an IP address or CIDR such as 10.0.0.0/8 or 2001:db8::/32")
+                else:
+                    self.fail((*path, i), f"{text!r} has host bits set: write the network, {loose}")
+                continue
+            if network.prefixlen == 0:
+                self.fail((*path, i), f"{text!r} trusts every address, so any client could choose its own identity: "
+                                      "list only your proxies' addresses")
+                continue
+            out.append(network)
+        return tuple(out)
 
     def clients(self, value: Any) -> ClientsConfig:
         path: YamlPath = ("clients",)

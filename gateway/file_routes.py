@@ -67,6 +67,7 @@ class FileEndpoint:
     websocket = False
     receives = None  # a handler may read any request header
     exposes: tuple[str, ...] = ()
+    upstream = None  # a handler may call any upstream
 
     def __init__(self, route: RouteFile, module: ModuleType, prefix: str, *, app_max_body: int) -> None:
         self.segments = route.segments
@@ -74,6 +75,7 @@ class FileEndpoint:
         self.target = self.source = route.display
         self.options = route_options(module, route.display)
         self.public = self.options.public
+        self.rate_limit, self.cache = self.options.rate_limit, self.options.cache
         own = _exported_handlers(module, route.display)
         self.own_options = "OPTIONS" in own  # else the gateway answers OPTIONS (pipeline/build.py)
         self._head_from_get = "HEAD" not in own and "GET" in own

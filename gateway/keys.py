@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from .config import Config
 from .forward.scrub import Scrubber
 from .forward.upstream import Upstream
+from .state import State
 
 if TYPE_CHECKING:
     from .pipeline.websocket import WebSocketSessions
@@ -61,6 +62,7 @@ class Resources:
     scrubber: Scrubber
     upstreams: Mapping[str, Upstream]
     websockets: WebSocketSessions  # the client of WebSocket forwards
+    state: State  # rate-limit counters and cached answers
     debug: bool = False
 
 
@@ -68,6 +70,7 @@ class Resources:
 CONFIG = web.AppKey("config", Config)
 RUNTIME = web.AppKey("runtime", Runtime)
 UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])  # forward() finds its upstream's call chain here
+STATE = web.AppKey("state", State)  # rate-limit counters and cached answers (/readyz reports its backend)
 
 # -- one request ----------------------------------------------------------------------------------------------
 MATCH = web.RequestKey("gateway.match", Match)  # which route, and its parameters (set by the router)

@@ -19,6 +19,7 @@ from .paths import Kind, Segment, pattern_of, shape_of
 
 if TYPE_CHECKING:
     from .keys import Resources
+    from .units import Rate
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,6 +40,9 @@ class Endpoint(Protocol):
     websocket: bool  # a WebSocket forward (its upgrade's Origin is checked)
     receives: frozenset[str] | None  # the request headers it passes on (lower case; None: a file route, any)
     exposes: tuple[str, ...]  # the upstream response headers it passes back beyond the safe ones
+    upstream: str | None  # the upstream a forward calls (None: a route module, which may call any)
+    rate_limit: Rate | None  # its own rate limit per client
+    cache: float | None  # how long its answers are kept
 
     def terminal(self, res: Resources) -> Handler:
         """Its innermost handler, built once at start-up from the process-wide resources."""

@@ -21,9 +21,8 @@ from upstream_support import Recorder
 
 SECRET = "sk-live-BROWSER-TOPSECRET-77aa55cc33"
 WAIT = 10  # seconds an upstream waits for the page's acknowledgement: reached only when streaming is broken
-# headers JavaScript must be able to read on every answer; add "ratelimit" and "ratelimit-policy" here once rate
-# limits are applied (SPEC §7), "x-cache" for a cached route
-READABLE = ("x-request-id", "x-trace")
+# headers JavaScript must be able to read on every answer (SPEC §7): the forward is rate limited
+READABLE = ("x-request-id", "x-trace", "ratelimit", "ratelimit-policy")
 CONFIG = """\
 clients:
   cors: {{ origins: ["{origin}"], credentials: {credentials} }}
@@ -35,7 +34,7 @@ upstreams:
     forward_headers: [X-Trace]
     expose_headers: [X-Trace]
 forwards:
-  svc/[...path]: {{ upstream: svc, path: "/{{path}}", methods: [GET, POST] }}
+  svc/[...path]: {{ upstream: svc, path: "/{{path}}", methods: [GET, POST], rate_limit: 1000/minute }}
 """
 
 # installed in the page once: each call returns what the page could see, or the error fetch rejected with

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from ..errors import Unauthorized
+from ..keys import IDENTITY
 from ..routing import Handler
 from ..secrets import Secret
+from .identity import key_identity
 
 
 def authenticate(keys: Sequence[Secret]):
@@ -23,11 +25,13 @@ def authenticate(keys: Sequence[Secret]):
     values = [key.reveal().encode() for key in keys]
 
     async def authenticate(request: web.Request, call_next: Handler) -> web.StreamResponse:
-        if not _has_key(request, values):
+        given = presented_key(request)
+        if given is None or not _matches(given, values):
             raise Unauthorized(
                 "a valid API key is required: send it as X-API-Key or Authorization: Bearer",
                 headers={"WWW-Authenticate": 'Bearer realm="gateway"'},
             )
+        request[IDENTITY] = key_identity(given)  # the verified key names the client, as a hash
         return await call_next(request)
 
     return authenticate
@@ -44,10 +48,7 @@ def presented_key(request: web.Request) -> str | None:
     return given
 
 
-def _has_key(request: web.Request, values: list[bytes]) -> bool:
-    given = presented_key(request)
-    if given is None:
-        return False
+def _matches(given: str, values: list[bytes]) -> bool:
     candidate = given.encode("utf-8", "surrogateescape")
     matched = False
     for value in values:  # no early exit: every key is compared, whatever matches

@@ -13,10 +13,13 @@ from collections.abc import Callable
 
 from ..config import METHODS, ForwardConfig
 from ..edge.auth import authenticate
+from ..edge.cache import cache, vary_headers
 from ..edge.cors import cors
 from ..edge.errors import render_errors
+from ..edge.identity import identify
 from ..edge.options import answer_options
 from ..edge.origin import check_origin
+from ..edge.ratelimit import rate_limit, route_policies
 from ..forward.upstream import Upstream
 from ..keys import Resources
 from ..origins import OriginPolicy
@@ -40,9 +43,12 @@ def build_endpoint(endpoint: Endpoint, res: Resources) -> Handler:
              expose_headers=endpoint.exposes),  # the OPTIONS answer: a browser's preflight carries no key
         check_origin(_origins(res), enabled=endpoint.websocket),  # a WebSocket is not protected by CORS
         None if endpoint.own_options else answer_options(endpoint.allow),  # the gateway's own OPTIONS: no key needed
-        None if endpoint.public else authenticate(res.config.clients.api_keys),  # who may spend the key at all
-        # rate_limit: the cheapest refusal once the client is known (a 401 is never counted)  -- issue 8
-        # cache: below the limit (a hit still counts), above the call (it holds the masked answer) -- issue 8
+        None if endpoint.public else authenticate(clients.api_keys),  # who may spend the key at all
+        identify(res.config.server.trusted_proxies),  # who is calling: a verified JWT's sub, key hash, or the IP
+        rate_limit(route_policies(clients.rate_limit, endpoint.rate_limit, endpoint.pattern),  # the cheapest
+                   res.state),  # refusal once the client is known (a 401 or a preflight is never counted)
+        cache(endpoint.cache, res.state, pattern=endpoint.pattern, vary=_vary(endpoint, res),  # below the limit
+              timeout=_timeout(endpoint, res)),  # (a hit still counts), above the call: it holds the masked answer
     ])
 
 
@@ -80,6 +86,24 @@ def _may_receive(endpoint: Endpoint, res: Resources) -> frozenset[str] | None:
         return None  # a file route reads whatever it likes
     auth = {"authorization", "x-api-key"} if res.config.clients.api_keys else set()
     return endpoint.receives | {"x-request-id"} | auth
+
+
+def _vary(endpoint: Endpoint, res: Resources) -> tuple[str, ...]:
+    """The request headers an upstream may answer differently for: a forward's upstream's; for a route module,
+    which may call forward() to any upstream, every upstream's."""
+    upstreams = res.config.upstreams
+    names = upstreams[endpoint.upstream].forward_headers if endpoint.upstream else \
+        [name for upstream in upstreams.values() for name in upstream.forward_headers]
+    return vary_headers(names)
+
+
+def _timeout(endpoint: Endpoint, res: Resources) -> float:
+    """How long requests coalesced on one cache miss wait for its answer: the upstream's timeout (the longest one
+    for a route module)."""
+    upstreams = res.config.upstreams
+    if endpoint.upstream:
+        return upstreams[endpoint.upstream].timeout
+    return max((upstream.timeout for upstream in upstreams.values()), default=30.0)
 
 
 def _origins(res: Resources) -> Callable[[str], bool] | None:

@@ -83,7 +83,9 @@ class WebSocketEndpoint:
         self.forward = forward
         self.segments = forward.segments
         self.pattern = pattern_of(prefix, forward.segments)
-        self.target = forward.upstream
+        self.target = self.upstream = forward.upstream
+        self.rate_limit = forward.rate_limit
+        self.cache = forward.cache if not forward.websocket else None
         where = f"{config.file.name}:{forward.line}" if forward.line else config.file.name
         self.source = f"{where}: forwards.{forward.key}"
         self.public = forward.public

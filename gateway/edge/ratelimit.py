@@ -1,0 +1,82 @@
+"""Rate limits per client identity (SPEC §7): a request must fit in every limit that applies, else 429.
+
+Each answer names the limits in the IETF fields (draft-ietf-httpapi-ratelimit-headers), one list member per limit:
+
+    RateLimit-Policy: "clients";q=120;w=60, "route";q=30;w=60
+    RateLimit: "clients";r=97;t=41, "route";r=12;t=41
+
+The window is limits' fixed window, opened by a client's first request: ``t`` is the whole seconds until that
+window ends (its count then starts over at ``q``), rounded up, so at ``t`` there is room again; ``Retry-After`` on a
+429 is the same figure for the limit that refused (the latest, if several did). A burst can therefore reach up to
+2q within one period when it straddles a window's end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..errors import RateLimited
+from ..keys import ANSWER_HEADERS, IDENTITY
+from ..state import Limit, State, Window, limit_item
+from ..units import Rate
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Step = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """One limit: its name in the headers, its rate, and what it counts over besides the client."""
+
+    name: str  # "clients" (clients.rate_limit) or "route" (the forward's or the route module's rate_limit)
+    rate: Rate
+    scope: str = ""  # "" for one budget across every route; the route pattern for a route's own budget
+
+
+def route_policies(clients: Rate | None, route: Rate | None, pattern: str) -> list[Policy]:
+    """The limits one route applies: ``clients.rate_limit`` (shared by all routes), then the route's own."""
+    policies = []
+    if clients is not None:
+        policies.append(Policy("clients", clients))
+    if route is not None:
+        policies.append(Policy("route", route, pattern))
+    return policies
+
+
+def rate_limit(policies: Sequence[Policy], state: State) -> Step | None:
+    """The step counting each request against ``policies`` per client (``request[IDENTITY]``); None without any."""
+    if not policies:
+        return None
+    names = [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two rate-limit policies share a name: {names}")
+    items = [(p, limit_item(p.rate)) for p in policies]
+    policy_field = ", ".join(f'"{p.name}";q={p.rate.count};w={int(p.rate.period)}' for p in policies)
+
+    async def limited(request: web.Request, call_next: Handler) -> web.StreamResponse:
+        identity = request[IDENTITY]  # set by the identify step, which runs before this one
+        limits = [Limit(item, (p.name, p.scope, identity)) for p, item in items]
+        verdict = await state.acquire(limits, lock=identity)
+        headers = request.setdefault(ANSWER_HEADERS, CIMultiDict())
+        headers["RateLimit-Policy"] = policy_field
+        headers["RateLimit"] = ", ".join(
+            f'"{p.name}";r={w.remaining};t={_seconds(w)}' for (p, _), w in zip(items, verdict.windows, strict=True)
+        )
+        if not verdict.admitted:
+            retry = max(_seconds(verdict.windows[i]) for i in verdict.refused)
+            which = " and ".join(f"{policies[i].name} limit of {policies[i].rate}" for i in verdict.refused)
+            raise RateLimited(f"too many requests: the {which} is used up; retry in {retry}s",
+                              headers={"Retry-After": str(retry)})
+        return await call_next(request)
+
+    return limited
+
+
+def _seconds(window: Window) -> int:
+    """Whole seconds until the window ends, rounded up: by then there is room again (never 0 while counted)."""
+    return max(1, math.ceil(window.reset_in))

@@ -1,0 +1,127 @@
+"""Where rate-limit counters and cached answers live: one interface, its backend chosen once at start-up.
+
+``MemoryState`` (this process) is the only backend today; a Redis one (SPEC §9) implements the same methods, and
+overrides ``acquire`` to check every limit of a request in one atomic round trip.
+
+Rate limits use the ``limits`` library's fixed window (``FixedWindowRateLimiter``): a client's window opens with its
+first request and lasts the rate's period; its count starts over when the window ends. ``Window.reset_in`` is the
+truth about that moment, so ``t=`` and ``Retry-After`` can be too.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.strategies import FixedWindowRateLimiter
+
+from ..units import Rate
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A rate limit a request must pass: ``item`` (count per period) counted under ``scope`` (policy, route, client)."""
+
+    item: RateLimitItem
+    scope: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    remaining: int  # requests left in this window
+    reset_in: float  # seconds until the window ends and its count starts over
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What ``acquire`` decided: admitted (every limit counted the request) or not (none did)."""
+
+    admitted: bool
+    windows: tuple[Window, ...]  # one per limit, in the order given
+    refused: tuple[int, ...] = ()  # indexes of the limits that had no room
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """An answer as the client got it, kept for ``expires - stored`` seconds."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    stored: float  # when it was kept (clock seconds), for Age
+    expires: float
+
+
+def limit_item(rate: Rate) -> RateLimitItem:
+    """``Rate(30, 60.0)`` -> limits' ``30 per 1 minute``."""
+    return parse(str(rate))
+
+
+class State(ABC):
+    """Rate-limit counting (hit / test / window), cached answers (get / set) and named locks, behind one interface."""
+
+    name = "state"  # what /readyz and `gateway check` call the backend
+
+    def __init__(self, limiter: FixedWindowRateLimiter, clock: Clock = time.time) -> None:
+        self.limiter = limiter
+        self.now = clock
+
+    # -- rate limits -------------------------------------------------------------------------------------------
+
+    async def hit(self, limit: Limit) -> bool:
+        """Count one request; False (and counted anyway, as limits' fixed window does) when it had no room."""
+        return await self.limiter.hit(limit.item, *limit.scope)
+
+    async def test(self, limit: Limit) -> bool:
+        """Would one more request fit? Counts nothing."""
+        return await self.limiter.test(limit.item, *limit.scope)
+
+    async def window(self, limit: Limit) -> Window:
+        stats = await self.limiter.get_window_stats(limit.item, *limit.scope)
+        return Window(stats.remaining, max(0.0, stats.reset_time - self.now()))
+
+    async def acquire(self, limits: Sequence[Limit], *, lock: str) -> Verdict:
+        """Count the request against every limit, or against none when one of them has no room.
+
+        ``lock`` names what the limits share (the client): under it, nothing else counts in between the test and
+        the hits, so N concurrent requests against a limit of K admit exactly K, and a refused request spends
+        no limit's quota. A backend that cannot hold the lock across processes overrides this (Redis: one script).
+        """
+        async with self.lock(lock):
+            fits = [await self.test(limit) for limit in limits]
+            if all(fits):
+                counted = [await self.hit(limit) for limit in limits]
+                fits = counted  # all True under the lock; kept honest if a backend counts elsewhere too
+            windows = tuple([await self.window(limit) for limit in limits])
+        refused = tuple(i for i, ok in enumerate(fits) if not ok)
+        return Verdict(not refused, windows, refused)
+
+    # -- cache and locks ---------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def cache_get(self, key: str) -> Cached | None:
+        """The answer kept under ``key`` unless it has expired."""
+
+    @abstractmethod
+    async def cache_set(self, key: str, entry: Cached) -> bool:
+        """Keep ``entry`` until ``entry.expires``; False when it cannot be kept (larger than the whole cache)."""
+
+    @abstractmethod
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
+        """A mutex named ``key``: one holder at a time (rate-limit checks, the one upstream call for a cache miss)."""
+
+    async def close(self) -> None:  # noqa: B027 - nothing to release in memory; a network backend closes its pool
+        pass
+
+
+def open_state(*, cache_size: int, clock: Clock = time.time) -> State:
+    """The backend for this process, chosen once at start-up (only memory today: see SPEC §9 for Redis)."""
+    from .memory import MemoryState
+
+    return MemoryState(cache_size=cache_size, clock=clock)

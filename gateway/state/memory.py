@@ -1,0 +1,187 @@
+"""State held in this process: rate-limit counters and cached answers in bounded maps, locks per name.
+
+Both maps drop entries at their own expiry and evict the least recently used first when full, so memory stays
+bounded however many distinct clients or URLs arrive. limits' own ``MemoryStorage`` was measured unfit for that:
+it is unbounded, and each counting call schedules a sweep over every key (about 5 ms per request at 20,000 clients).
+The counters are a plain ``OrderedDict`` LRU rather than cachetools' ``TLRUCache``: they are read four times per limit
+per request, and a TLRUCache read measured 24 us against 0.5 us (cached answers, read once per request, use it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from types import TracebackType
+
+from cachetools import TLRUCache
+from limits.aio.storage import Storage
+from limits.aio.strategies import FixedWindowRateLimiter
+
+from . import Cached, Clock, Limit, State, Verdict, Window
+
+MAX_COUNTERS = 100_000  # live rate-limit windows kept (~50 MB); past that, the least recently seen client's goes
+ENTRY_OVERHEAD = 512  # bytes counted per cached answer beyond its body and headers (key, objects)
+
+
+class MemoryState(State):
+    name = "memory"
+
+    def __init__(self, *, cache_size: int = 64 * 1024**2, max_counters: int = MAX_COUNTERS,
+                 clock: Clock = time.time) -> None:
+        self.counters = CounterStorage(max_counters, clock)
+        super().__init__(FixedWindowRateLimiter(self.counters), clock)
+        self.answers: TLRUCache[str, Cached] = TLRUCache(
+            cache_size, ttu=lambda _key, entry, _now: entry.expires, timer=clock, getsizeof=_size,
+        )
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    async def acquire(self, limits: Sequence[Limit], *, lock: str) -> Verdict:
+        """The fixed window of limits' strategy in one pass over the counters, with no ``await`` in it: under asyncio
+        nothing else runs between the test and the count, so no lock is needed, N concurrent requests against K
+        admit exactly K, and a refused request counts nowhere. Same counters, same keys as ``hit``/``window``; about
+        4x cheaper than going through limits' strategy layers (measured 14 us against 61 us per request).
+        """
+        counters = self.counters
+        now = self.now()
+        keys = [limit.item.key_for(*limit.scope) for limit in limits]
+        found = [counters.live(key) for key in keys]
+        refused = tuple(i for i, (c, limit) in enumerate(zip(found, limits, strict=True))
+                        if c is not None and c[0] >= limit.item.amount)
+        if not refused:
+            for i, limit in enumerate(limits):
+                counter = found[i]
+                if counter is None:
+                    counter = found[i] = counters.start(keys[i], limit.item.get_expiry(), now)
+                counter[0] += 1
+        windows = tuple(
+            Window(limit.item.amount, 0.0) if c is None else Window(max(0, limit.item.amount - int(c[0])), c[1] - now)
+            for c, limit in zip(found, limits, strict=True)
+        )
+        return Verdict(not refused, windows, refused)
+
+    async def cache_get(self, key: str) -> Cached | None:
+        return self.answers.get(key)
+
+    async def cache_set(self, key: str, entry: Cached) -> bool:
+        try:
+            self.answers[key] = entry
+        except ValueError:  # larger than the whole cache: cachetools refuses it
+            return False
+        return True
+
+    def lock(self, key: str) -> _NamedLock:
+        return _NamedLock(self._locks, key)
+
+
+class _NamedLock:
+    """``async with state.lock(key)``: one asyncio.Lock per name, dropped when its last holder or waiter leaves,
+    so the table holds no more names than there are requests in flight.
+    """
+
+    __slots__ = ("_locks", "_key", "_lock")
+
+    def __init__(self, locks: dict[str, tuple[asyncio.Lock, list[int]]], key: str) -> None:
+        self._locks = locks
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        slot = self._locks.get(self._key)
+        if slot is None:
+            slot = self._locks[self._key] = (asyncio.Lock(), [0])
+        self._lock = slot[0]
+        slot[1][0] += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:  # cancelled while waiting
+            self._leave()
+            raise
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        users = self._locks[self._key][1]
+        users[0] -= 1
+        if not users[0]:
+            del self._locks[self._key]
+
+
+class CounterStorage(Storage):
+    """limits' async storage interface (what its fixed window needs) over a bounded LRU of ``[count, window end]``.
+
+    A counter is gone once its window has ended (checked when read, as limits' own storages do); past ``max_keys``
+    the least recently used one is dropped, so that client starts a fresh window: the price of bounded memory.
+    """
+
+    STORAGE_SCHEME = None  # built directly, never from a URI
+
+    def __init__(self, max_keys: int, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.max_keys = max_keys
+        self.counts: OrderedDict[str, list[float]] = OrderedDict()
+
+    @property
+    def base_exceptions(self) -> type[Exception]:
+        return ValueError
+
+    def live(self, key: str) -> list[float] | None:
+        """The counter of a window still open, now the most recently used; None when there is none."""
+        counter = self.counts.get(key)
+        if counter is None:
+            return None
+        if counter[1] <= self.clock():
+            del self.counts[key]
+            return None
+        self.counts.move_to_end(key)
+        return counter
+
+    def start(self, key: str, expiry: float, now: float | None = None) -> list[float]:
+        """A new window of ``expiry`` seconds from now, at count 0; the least recently used goes past ``max_keys``.
+
+        Each new window also drops up to two ended ones from the least recently used end, so after a flood of
+        clients the map shrinks back as traffic goes on, at O(1) per request.
+        """
+        counts = self.counts
+        now = self.clock() if now is None else now  # the caller's now: t= never says more than the period
+        for _ in range(2):
+            oldest = next(iter(counts.values()), None)
+            if oldest is None or oldest[1] > now:
+                break
+            counts.popitem(last=False)
+        counter = counts[key] = [0, now + expiry]
+        if len(counts) > self.max_keys:
+            counts.popitem(last=False)
+        return counter
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        counter = self.live(key) or self.start(key, expiry)
+        counter[0] += amount
+        return int(counter[0])
+
+    async def get(self, key: str) -> int:
+        counter = self.live(key)
+        return 0 if counter is None else int(counter[0])
+
+    async def get_expiry(self, key: str) -> float:
+        counter = self.live(key)
+        return self.clock() if counter is None else counter[1]
+
+    async def check(self) -> bool:
+        return True
+
+    async def reset(self) -> int | None:
+        count = len(self.counts)
+        self.counts.clear()
+        return count
+
+    async def clear(self, key: str) -> None:
+        self.counts.pop(key, None)
+
+
+def _size(entry: Cached) -> int:
+    return len(entry.body) + sum(len(name) + len(value) for name, value in entry.headers) + ENTRY_OVERHEAD
