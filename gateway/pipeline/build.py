@@ -25,9 +25,10 @@ from ..keys import Resources
 from ..origins import OriginPolicy
 from ..routing import Endpoint, Handler
 from .headers import filter_request_headers, filter_response_headers, inject_secrets
+from .hold import hold_whole
 from .rewrite import rewrite_urls
 from .scrub import scrub
-from .send import send
+from .send import BUFFER_LIMIT, send
 from .shape import shape
 from .values import Call, chain
 from .withhold import withhold_5xx
@@ -56,6 +57,8 @@ def build_call(upstream: Upstream, forward: ForwardConfig | None = None, *, max_
     """The call chain of an upstream, outermost first. The request goes down the list to ``send``; the answer comes
     back up it: withhold 5xx -> filter headers -> rewrite URLs -> shape -> scrub."""
     return chain(send(upstream), [
+        hold_whole(BUFFER_LIMIT, enabled=forward is not None and forward.cache is not None),  # a cached forward's
+        # small streamed answer read whole, after every change to it, so the cache can keep what the client gets
         scrub(upstream.scrubber),  # last on the way back: no step after it can rebuild a secret
         shape(forward.response if forward else None, limit=max_response),  # drop + JMESPath, on a bounded body
         rewrite_urls(upstream.mapper, enabled=forward is not None and forward.rewrite_urls, limit=max_response),
