@@ -1,0 +1,135 @@
+"""What the protections cost: req/s of one forward through `gateway serve` with each feature on, against the same
+forward with everything off, in one run (repetitions interleaved, so every variant sees the same machine noise).
+
+    plain      a forward that injects a key (every masking feature on: allowlists, scrubbing)
+    protected  the same with CORS and a generous rate limit on (every request carries an allowed Origin)
+    cached     the same with `cache: 5m`: every request after the first is a HIT
+    observed   the same with the JSON access log and /metrics on (when the gateway has them)
+
+The upstream (aiohttp on uvloop, a 1 KB JSON answer) and the load (wrk -t1 -c64 when installed, else a bounded
+aiohttp client loop) share CPU 1; the gateway runs on CPU 0 when `taskset` exists. Only 127.0.0.1 is used.
+
+    .venv/bin/python bench/features_bench.py --reps 3 --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from routes_bench import free_port, pinned, wait_ready  # noqa: E402
+
+UPSTREAM = """
+import sys, uvloop
+from aiohttp import web
+BODY = b'{"items": [' + b",".join(b'{"id": %d, "name": "item"}' % i for i in range(40)) + b']}'
+async def bench(request):
+    return web.Response(body=BODY, content_type="application/json")
+app = web.Application()
+app.router.add_get("/bench", bench)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
+"""
+BASE = """
+server: {{ host: 127.0.0.1, routes: none{server} }}
+{clients}
+upstreams:
+  up:
+    url: http://127.0.0.1:{port}
+    inject: {{ headers: {{ Authorization: "Bearer bench-secret-0123456789abcdef" }} }}
+forwards:
+  bench: {{ upstream: up, path: /bench{forward} }}
+"""
+VARIANTS = {
+    "plain": {},
+    "protected": {"clients": "clients:\n  cors: { origins: ['https://app.example.com'] }\n"
+                             "  rate_limit: 100000000/minute", "forward": ", rate_limit: 100000000/minute"},
+    "cached": {"forward": ", cache: 5m"},
+    "observed": {"server": ", access_log: true, metrics: /metrics"},
+}
+ORIGIN = "Origin: https://app.example.com"
+
+
+def measure(url: str, seconds: float) -> float:
+    if shutil.which("wrk"):
+        out = subprocess.run(pinned(1, ["wrk", "-t1", "-c64", f"-d{max(1, round(seconds))}s", "-H", ORIGIN, url]),
+                             capture_output=True, text=True, timeout=seconds + 30).stdout
+        for line in out.splitlines():
+            if line.startswith("Requests/sec:"):
+                return float(line.split()[1])
+        raise RuntimeError(f"wrk output not understood:\n{out}")
+    import asyncio
+
+    from routes_bench import client_load
+
+    return asyncio.run(client_load(url, seconds))
+
+
+def supported(variant: dict[str, str], root: Path) -> bool:
+    """Whether this gateway accepts the variant's settings (`observed` needs the operations features)."""
+    config = root / "probe.yaml"
+    config.write_text(BASE.format(port=1, server=variant.get("server", ""), clients=variant.get("clients", ""),
+                                  forward=variant.get("forward", "")))
+    probe = subprocess.run([sys.executable, "-m", "gateway", "check", "--config", str(config)], capture_output=True)
+    return probe.returncode == 0
+
+
+def run_once(name: str, variant: dict[str, str], up_port: int, seconds: float, root: Path) -> float:
+    config = root / f"{name}.yaml"
+    config.write_text(BASE.format(port=up_port, server=variant.get("server", ""), clients=variant.get("clients", ""),
+                                  forward=variant.get("forward", "")))
+    port = free_port()
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
+    proc = subprocess.Popen(pinned(0, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/api/bench"
+        wait_ready(url, time.monotonic() + 60)
+        measure(url, 1)  # warm-up
+        return measure(url, seconds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        variants = {name: v for name, v in VARIANTS.items() if supported(v, root)}
+        (root / "up.py").write_text(UPSTREAM)
+        up_port = free_port()
+        upstream = subprocess.Popen(pinned(1, [sys.executable, str(root / "up.py"), str(up_port)]))
+        try:
+            wait_ready(f"http://127.0.0.1:{up_port}/bench", time.monotonic() + 30)
+            results: dict[str, list[float]] = {name: [] for name in variants}
+            for rep in range(args.reps):
+                for name, variant in variants.items():
+                    results[name].append(run_once(name, variant, up_port, args.seconds, root))
+                line = ", ".join(f"{name} {results[name][-1]:,.0f}" for name in variants)
+                ratios = ", ".join(f"{name}/plain {results[name][-1] / results['plain'][-1]:.2f}"
+                                   for name in variants if name != "plain")
+                print(f"rep {rep + 1}: {line} req/s; {ratios}", flush=True)
+        finally:
+            upstream.terminate()
+            upstream.wait(timeout=15)
+    summary = {name: {"req_per_s_median": round(statistics.median(values)),
+                      "ratio_to_plain": [round(v / p, 3) for v, p in zip(values, results["plain"], strict=True)]}
+               for name, values in results.items()}
+    for values in summary.values():
+        values["ratio_median"] = round(statistics.median(values["ratio_to_plain"]), 3)
+    print(json.dumps({"load": "wrk -t1 -c64" if shutil.which("wrk") else "aiohttp client", **summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
