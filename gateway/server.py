@@ -7,10 +7,9 @@ import os
 import signal
 import sys
 
-from aiohttp import web
-
 from .app import create_app
 from .config import Config
+from .intake import run_app
 from .routing import RouteTable
 
 log = logging.getLogger("gateway")
@@ -34,7 +33,7 @@ def _serve_one(config: Config, table: RouteTable, host: str, port: int, debug: b
     log.info("gateway listening on http://%s:%s%s (%d routes)", host, port, config.server.prefix,
              len(table.endpoints))
     try:
-        web.run_app(
+        run_app(  # web.run_app with the gateway's intake: JSON answers to malformed requests, bounded decoding
             app,
             host=host,
             port=port,
