@@ -251,6 +251,23 @@ async def test_a_body_that_cannot_be_decoded_is_a_400(tmp_path, coding, body):
     assert json.loads(got)["error"] == "bad_request"
 
 
+@pytest.mark.parametrize(("coding", "body"), BROKEN.values(), ids=BROKEN.keys())
+async def test_a_body_that_cannot_be_decoded_is_a_400_from_a_forward_too(tmp_path, aiohttp_server, coding, body):
+    async def upload(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"ok": True})
+
+    up = web.Application()
+    up.router.add_post("/v1/upload", upload)
+    upstream = await aiohttp_server(up)
+    forwards = (f"upstreams:\n  svc: {{ url: 'http://127.0.0.1:{upstream.port}/v1' }}\n"
+                "forwards:\n  upload: { upstream: svc, path: /upload, methods: [POST] }\n")
+    async with serving(tmp_path, forwards=forwards) as port:
+        reply = await exchange(port, post("/api/upload", body, f"Content-Encoding: {coding}", "Connection: close"))
+    status, _, got, _ = parse(reply)
+    assert (status, json.loads(got)["error"]) == (400, "bad_request"), reply
+
+
 async def test_a_gzip_bomb_is_refused_after_decoding_no_more_than_the_limit(tmp_path):
     bomb = gzip_zeros(512, crc=False)  # ~0.5 MB on the wire (under the limit, so it is read), 512 MiB inflated
     async with serving(tmp_path) as port:
