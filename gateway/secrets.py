@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from dotenv import dotenv_values
+
+from .forward.scrub import Scrubber
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 REDACTED = "[REDACTED]"
@@ -92,8 +95,15 @@ class Environment:
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """``redact("bad header 'sk-1'", {"sk-1"})`` -> ``"bad header '[REDACTED]'"``; longest secrets first."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
+    """Every message the gateway prints goes through here: the masking rule of responses (SPEC §4) applies.
+
+    ``redact("bad key 'sk-live-abcdefgh123'", {"sk-live-abcdefgh123"})`` -> ``"bad key '[REDACTED]'"``, and so for
+    the secret URL- or JSON-encoded, and for any fragment of 8+ of its first or last characters: a message that
+    quotes a secret cut short (``token 'sk-live-abcdef...'``, a value truncated to fit a line) shows none of it.
+    """
+    return _scrubber(frozenset(secrets)).scrub_text(text)
+
+
+@lru_cache(maxsize=16)
+def _scrubber(secrets: frozenset[str]) -> Scrubber:
+    return Scrubber(secrets)

@@ -7,11 +7,11 @@ import os
 import signal
 import sys
 
-from aiohttp import web
-
 from .app import create_app
 from .config import Config
+from .intake import run_app
 from .routing import RouteTable
+from .secrets import redact
 
 log = logging.getLogger("gateway")
 
@@ -31,10 +31,11 @@ def _serve_one(config: Config, table: RouteTable, host: str, port: int, debug: b
     except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
         uvloop = None
     app = create_app(config, table, debug=debug)
-    log.info("gateway listening on http://%s:%s%s (%d routes)", host, port, config.server.prefix,
-             len(table.endpoints))
+    # the host may be a secret's value (`server.host: ${KEY}` by mistake): every line printed is redacted
+    log.info(redact(f"gateway listening on http://{host}:{port}{config.server.prefix} ({len(table.endpoints)} routes)",
+                    config.secret_values))
     try:
-        web.run_app(
+        run_app(  # web.run_app with the gateway's intake: JSON answers to malformed requests, bounded decoding
             app,
             host=host,
             port=port,
@@ -45,9 +46,9 @@ def _serve_one(config: Config, table: RouteTable, host: str, port: int, debug: b
             print=None,
             loop=uvloop.new_event_loop() if uvloop else None,
         )
-    except (OSError, OverflowError) as exc:  # address in use, no such address, permission denied
+    except (OSError, OverflowError, UnicodeError) as exc:  # address in use, no such address, a label too long (idna)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        print(f"error: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
+        print(redact(f"error: cannot listen on {host}:{port}: {reason}", config.secret_values), file=sys.stderr)
         return 1
     return 0
 

@@ -7,6 +7,8 @@ oracle that lists every fragment of every secret and replaces every occurrence.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import random
 import re
@@ -22,47 +24,69 @@ KEY = "sk-live-TOPSECRETabcdef"  # 23 characters
 
 
 # --- a brute-force oracle, independent of the scanner ----------------------------------------------------------
+#
+# Written from the rule, not from the scanner: each character's spellings listed out as byte strings (every
+# hex-case variant spelt out), and at every position of the body a search of every way the secret's first
+# characters (forwards) or last characters (backwards) can be written there.
 
-_ENCODINGS = (
-    lambda s: s,
-    lambda s: quote(s, safe=""),
-    lambda s: quote(s, safe="/"),
-    lambda s: quote_plus(s),
-    lambda s: quote_plus(s, safe="/:@?"),  # how yarl (aiohttp) writes a query value
-    lambda s: json.dumps(s, ensure_ascii=False)[1:-1],
-    lambda s: json.dumps(s)[1:-1],
-    lambda s: json.dumps(s)[1:-1].replace("/", "\\/"),
-)
+_SHORT_JSON = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t"}
 
 
 def _lower_hex(s: str) -> str:
     return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), s)
 
 
-def fragments(secrets: list[str]) -> set[bytes]:
-    """Every byte string that counts as an appearance: each encoding of the whole value and of 8+ first/last chars."""
-    out = set()
-    for secret in secrets:
-        if not secret:
+def _cases(text: str) -> set[bytes]:
+    """``%2B`` -> {``%2B``, ``%2b``}: every upper/lower choice of the hex letters (the only A-F in such text)."""
+    options = [(c, c.lower()) if c in "ABCDEF" else (c,) for c in text]
+    return {"".join(choice).encode() for choice in itertools.product(*options)}
+
+
+@functools.cache
+def spell(c: str) -> frozenset[bytes]:
+    """Every way the character ``c`` may be written."""
+    raw = c.encode("utf-8", "surrogatepass")
+    if c.isascii() and (c.isalnum() or c in "-._~"):
+        return frozenset({raw})
+    out = {raw} | _cases("".join(f"%{b:02X}" for b in raw))
+    if c == " ":
+        out.add(b"+")
+    if c in _SHORT_JSON:
+        out.add(_SHORT_JSON[c].encode())
+    units = [ord(c)] if ord(c) < 0x10000 else [0xD800 + ((ord(c) - 0x10000) >> 10), 0xDC00 + (ord(c) & 0x3FF)]
+    out |= _cases("".join(f"\\u{u:04X}" for u in units))
+    return frozenset(out)
+
+
+def _walk(chars: list[frozenset[bytes]], data: bytes, at: int, step: int) -> set[tuple[int, int]]:
+    """(characters, position) reachable from ``at``: forwards from the first character, or backwards from the last."""
+    n = len(chars)
+    todo, seen = [(0, at)], set()
+    while todo:
+        k, pos = todo.pop()
+        if (k, pos) in seen:
             continue
-        n = len(secret)
-        for k in range(8, n + 1) if n >= 8 else [n]:
-            for piece in (secret[:k], secret[n - k :]):
-                for encode in _ENCODINGS:
-                    text = encode(piece)
-                    out.add(text.encode())
-                    out.add(_lower_hex(text).encode())
-    return out
+        seen.add((k, pos))
+        if k < n:
+            for spelling in chars[k] if step > 0 else chars[n - 1 - k]:
+                if step > 0 and data.startswith(spelling, pos):
+                    todo.append((k + 1, pos + len(spelling)))
+                elif step < 0 and pos >= len(spelling) and data.endswith(spelling, 0, pos):
+                    todo.append((k + 1, pos - len(spelling)))
+    return seen
 
 
-def oracle(frags: set[bytes], data: bytes) -> bytes:
-    """Mark every occurrence of every fragment; overlapping marks become one [REDACTED], adjacent ones two."""
+def oracle(secrets: list[str], data: bytes) -> bytes:
+    """Mark every appearance (8+ first or last characters, or the whole short secret, in any spelling);
+    overlapping marks become one [REDACTED], adjacent ones two."""
     marks = []
-    for frag in frags:
-        at = data.find(frag)
-        while at != -1:
-            marks.append((at, at + len(frag)))
-            at = data.find(frag, at + 1)
+    for secret in filter(None, secrets):
+        chars = [spell(c) for c in secret]
+        least = min(8, len(secret))
+        for at in range(len(data) + 1):
+            marks += [(at, pos) for k, pos in _walk(chars, data, at, 1) if k >= least]
+            marks += [(pos, at) for k, pos in _walk(chars, data, at, -1) if k >= least]
     marks.sort()
     merged: list[list[int]] = []
     for start, end in marks:
@@ -76,6 +100,10 @@ def oracle(frags: set[bytes], data: bytes) -> bytes:
         last = end
     out.append(data[last:])
     return b"".join(out)
+
+
+def longest_spelling(secrets: list[str]) -> int:
+    return max(sum(max(len(s) for s in spell(c)) for c in secret) for secret in secrets)
 
 
 def leaks(secrets: list[str], data: bytes) -> list[bytes]:
@@ -227,6 +255,97 @@ def test_a_large_body_without_secrets_is_returned_unchanged():
     assert s.scrub(tainted) == body + R.encode()
 
 
+# --- more spellings: mixed-case hex, Go/JS URL escaping, JSON \\u escapes of ordinary characters -------------
+
+B64 = "AKIAab+/cd==EFgh+/ij=kl/mn+op=="  # base64-like: + / = change under every encoding
+
+
+def _mixed_hex(text: str, rng: random.Random) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: "".join(c.lower() if rng.random() < 0.5 else c for c in m.group()), text)
+
+
+def _go_path_escape(text: str) -> str:
+    return quote(text, safe="$&+:=@")  # Go url.PathEscape: + and = kept, / as %2F
+
+
+def _dotnet_json(text: str) -> str:
+    """System.Text.Json's default encoder: + ' " & < > ` and non-ASCII as \\uXXXX, upper-case, pairs beyond the BMP."""
+    escaped = json.dumps(text)[1:-1]  # non-ASCII as \\uxxxx (pairs), " as \\"
+    escaped = re.sub(r"\\u[0-9a-f]{4}", lambda m: "\\u" + m.group()[2:].upper(), escaped).replace('\\"', "\\u0022")
+    return "".join(f"\\u{ord(c):04X}" if c in "+'&<>`" else c for c in escaped)
+
+
+def _gson_json(text: str) -> str:  # Gson's HTML-safe default: < > & = ' as lower-case \\u escapes
+    return "".join(f"\\u{ord(c):04x}" if c in "<>&='" else c for c in text)
+
+
+SPELLINGS = {
+    "mixed-case %xx": lambda t: _mixed_hex(quote(t, safe=""), random.Random(t)),
+    "Go PathEscape": _go_path_escape,
+    "JS encodeURIComponent": lambda t: quote(t, safe="!'()*"),
+    ".NET System.Text.Json": _dotnet_json,
+    "Gson": _gson_json,
+    "\\u lower and upper mixed": lambda t: "".join(
+        (f"\\u{ord(c):04x}" if i % 2 else f"\\u{ord(c):04X}") if not c.isalnum() else c for i, c in enumerate(t)),
+}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS.values(), ids=SPELLINGS.keys())
+def test_other_encoders_spellings_are_replaced_whole_and_in_fragments(spelling):
+    s = Scrubber([B64])
+    whole = spelling(B64).encode()
+    assert whole != B64.encode()  # the spelling does change the secret
+    assert s.scrub(b'{"k": "' + whole + b'"}') == f'{{"k": "{R}"}}'.encode()
+    for k in (8, 9, 15, len(B64) - 1):
+        head, tail = spelling(B64[:k]).encode(), spelling(B64[-k:]).encode()
+        assert s.scrub(b"<" + head + b"****>") == f"<{R}****>".encode(), head
+        assert s.scrub(b"<****" + tail + b">") == f"<****{R}>".encode(), tail
+    short = spelling(B64[:7]).encode()  # 7 characters, however many bytes: not a fragment
+    assert s.scrub(b"<" + short + b"*>") == b"<" + short + b"*>"
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS.values(), ids=SPELLINGS.keys())
+def test_other_encoders_spellings_split_at_every_point_of_a_stream(spelling):
+    s = Scrubber([B64, KEY])
+    body = b"data: {\"k\": \"" + spelling(B64).encode() + b"\", \"m\": \"" + spelling(B64[:10]).encode() + b"***\"}\n\n"
+    expected = s.scrub(body)
+    assert expected.count(R.encode()) == 2
+    for cut in range(len(body) + 1):
+        assert streamed(s, [body[:cut], body[cut:]]) == expected, cut
+    assert streamed(s, [body[i : i + 1] for i in range(len(body))]) == expected
+
+
+def test_hex_case_may_change_within_one_escape_and_from_one_escape_to_the_next():
+    s = Scrubber(["ab/cd+ef/gh+ij"])
+    for text in ("ab%2fcd%2Bef%2Fgh%2bij", "ab%2fcd%2bef%2fgh%2bij", "ab\\u002fcd\\u002Bef\\u002Fgh\\u002bij",
+                 "ab\\/cd%2bef\\u002fgh+ij"):
+        assert s.scrub(text.encode()) == R.encode(), text
+
+
+def test_non_ascii_characters_escaped_as_dotnet_writes_them_and_as_surrogate_pairs():
+    secret = "schlüssel-größe-ключ-🔑"
+    s = Scrubber([secret])
+    for text in (_dotnet_json(secret), json.dumps(secret)[1:-1]):  # hex upper-case (.NET), lower-case (Python)
+        assert s.scrub(f"k={text}".encode()) == f"k={R}".encode(), text
+
+
+def test_an_escape_that_only_decoding_shows_is_caught_in_json_values():
+    s = Scrubber([KEY])
+    raw = b'{"echo": "sk-live-TOP\\u0053ECRETabcdef", "\\u0073k-live-TOPSECRET": [{"x": "\\u0073k-live-TOPSEC"}]}'
+    value = s.loads_json(raw)
+    text = json.dumps(value)
+    assert not leaks([KEY], text.encode()) and "TOPSEC" not in text.replace("[REDACTED]", ""), value
+    assert s.loads_json(b'{"plain": "no secret", "n": [1, 2.5, null]}') == {"plain": "no secret", "n": [1, 2.5, None]}
+    assert Scrubber([]).loads_json(b'"x"') == "x"
+
+
+def test_a_one_byte_needle_everywhere_in_a_body_still_finds_the_secret():
+    secret = "a+b/c=d+e/f=g+h/i=j"  # no two unreserved characters in a row: the needle is one letter
+    s = Scrubber([secret])
+    body = b"banana " * 2000 + quote(secret, safe="").encode() + b" banana"
+    assert s.scrub(body) == b"banana " * 2000 + R.encode() + b" banana"
+
+
 # --- streaming ----------------------------------------------------------------------------------------------------
 
 
@@ -323,13 +442,18 @@ SCENARIOS = {
 }
 
 
+def spelt(rng: random.Random, secret: str) -> bytes:
+    """The secret with each character written in a spelling of its own, as a mix of encoders would."""
+    return b"".join(rng.choice(sorted(spell(c))) for c in secret)
+
+
 def _random_body(rng: random.Random, secrets: list[str], size: int) -> bytes:
     forms = [f.encode() for s in secrets for f in {s, quote(s, safe=""), quote_plus(s), json.dumps(s)[1:-1]}]
-    alphabet = bytes(sorted({b for f in forms for b in f}))
+    alphabet = bytes(sorted({b for f in forms for b in f} | set(b"%\\u2bBfF")))
     fillers = [b" ", b"\n\n", b"data: ", b'{"key": "', b'"}', "é".encode(), "ключ".encode(), b"\xff", b"****"]
     out = b""
     while len(out) < size:
-        form = rng.choice(forms)
+        form = rng.choice(forms) if rng.random() < 0.5 else spelt(rng, rng.choice(secrets))
         i, j = sorted(rng.sample(range(len(form) + 1), 2))
         kind = rng.randrange(9)
         if kind == 0:
@@ -358,12 +482,12 @@ def _random_body(rng: random.Random, secrets: list[str], size: int) -> bytes:
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scrub_matches_the_brute_force_oracle(name):
     secrets = SCENARIOS[name]
-    s, frags = Scrubber(secrets), fragments(secrets)
+    s = Scrubber(secrets)
     rng = random.Random(f"oracle {name}")
     redactions = 0
     for _ in range(150):
         body = _random_body(rng, secrets, rng.randint(1, 200))
-        expected = oracle(frags, body)
+        expected = oracle(secrets, body)
         assert s.scrub(body) == expected, body
         assert not leaks(secrets, expected), body
         redactions += expected.count(R.encode())
@@ -386,7 +510,7 @@ def test_streaming_at_every_split_point_equals_scrub(name):
 def test_streaming_in_random_chunks_equals_scrub_and_holds_little(name):
     secrets = SCENARIOS[name]
     s = Scrubber(secrets)
-    longest = max(len(f) for f in fragments(secrets))
+    longest = longest_spelling(secrets)
     rng = random.Random(f"chunks {name}")
     for _ in range(150):
         body = _random_body(rng, secrets, rng.randint(1, 400))

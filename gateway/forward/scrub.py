@@ -1,95 +1,58 @@
 """Replace every secret value in upstream output with ``[REDACTED]``, also when it arrives split across chunks.
 
-What counts as a secret's appearance, for each secret value and each of its *forms* (raw, URL-encoded the ways
-clients and servers encode a query or a path, JSON-escaped): the whole value, and any fragment of 8 or more of its
-first or last characters — APIs that echo a masked key (``sk-live-TOPSEC****cdef``) leak exactly such fragments.
-A fragment always ends on a whole encoded character (never inside ``%2B`` or a UTF-8 sequence), so a scrubbed
-body stays valid UTF-8. Overlapping appearances become one ``[REDACTED]``; adjacent ones stay two.
+What counts as a secret's appearance: the whole value, or any fragment of 8 or more of its first or last
+characters (APIs that echo a masked key, ``sk-live-TOPSEC****cdef``, leak exactly such fragments), each character
+written in any of its spellings (``secret_spellings``): raw, percent-encoded with hex digits of either case (also
+mixed within one value), ``+`` for a space, JSON-escaped (``\\/``, ``\\u002B`` as .NET writes ``+``) — whatever
+mix an encoder chose. A fragment always ends on a whole written character (never inside ``%2B`` or a UTF-8
+sequence), so a scrubbed body stays valid UTF-8. Overlapping appearances become one ``[REDACTED]``; adjacent ones
+stay two.
 
-Scanning searches each 8-byte needle with StringZilla's SIMD ``find`` (about 15x ``bytes.find`` on JSON, which
-made scrubbing cost as much as the whole proxying of a 1 MiB body); only around a hit is a match extended.
+Scanning searches each secret's needles (the longest run of characters that have one spelling, in its first and
+in its last 8 characters) with StringZilla's SIMD ``find``, about 15x ``bytes.find`` on JSON: that search is the
+whole cost of a body without secrets, two needles per secret however many encodings exist (half the searches of
+the former one-needle-per-encoded-form scan). Only around a hit are the characters matched one by one; a run
+shorter than 3 bytes is searched with each byte that can follow it, so that a lone letter between ``+`` and ``/``
+does not make every such letter in a body a hit.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
-from urllib.parse import quote, quote_plus
+from collections.abc import Iterable
+from typing import Any
 
 from stringzilla import find as _find  # (haystack, needle, start) -> index or -1, like bytes.find
 
+from .secret_spellings import Secret
+
 REDACTED = b"[REDACTED]"
 FRAGMENT = 8
-
-_PERCENT = re.compile(r"%[0-9A-F]{2}")
-_ENCODINGS: tuple[Callable[[str], str], ...] = (
-    lambda c: c,
-    lambda c: quote(c, safe=""),
-    lambda c: quote(c, safe="/"),  # a path segment
-    lambda c: quote_plus(c, safe=""),  # urlencode()
-    lambda c: quote_plus(c, safe="/:@?"),  # yarl/aiohttp query values: how the gateway itself sends a key
-    lambda c: json.dumps(c, ensure_ascii=False)[1:-1],
-    lambda c: json.dumps(c)[1:-1],  # \u00e9
-    lambda c: json.dumps(c)[1:-1].replace("/", "\\/"),  # PHP's json_encode
-)
-
-
-class _Form:
-    """One encoded form of a secret, and which of its prefix/suffix lengths (in bytes) count as an appearance."""
-
-    __slots__ = ("value", "prefix", "suffix")
-
-    def __init__(self, value: bytes) -> None:
-        self.value = value
-        # prefix[n] / suffix[n]: the longest counted prefix / suffix of at most n bytes (0: none)
-        self.prefix = [0] * (len(value) + 1)
-        self.suffix = [0] * (len(value) + 1)
-
-    def allow(self, pieces: list[bytes]) -> None:
-        """Count the whole form, and its fragments of FRAGMENT or more encoded characters."""
-        total = len(self.value)
-        ends = [0]
-        for piece in pieces:
-            ends.append(ends[-1] + len(piece))
-        chars = len(pieces)
-        for k in range(min(FRAGMENT, chars), chars + 1):
-            self.prefix[ends[k]] = ends[k]
-            self.suffix[total - ends[chars - k]] = total - ends[chars - k]
-
-    def seal(self) -> None:
-        for table in (self.prefix, self.suffix):
-            for n in range(1, len(table)):
-                table[n] = table[n] or table[n - 1]
+# \u0041 for A: letters, digits and - . _ ~ have one spelling in the scan, so such an escape shows only decoded
+_UNRESERVED_ESCAPE = re.compile(rb"\\u00(?:2[dDeE]|3[0-9]|[4-7][0-9A-Fa-f])")
 
 
 class Scrubber:
     def __init__(self, secrets: Iterable[str]) -> None:
-        forms: dict[bytes, _Form] = {}
-        for secret in secrets:
-            if not secret:
-                continue
-            for encode in _ENCODINGS:
-                texts = [encode(c) for c in secret]
-                variants = [texts]
-                if any("%" in t for t in texts):
-                    variants.append([_PERCENT.sub(lambda m: m.group().lower(), t) for t in texts])
-                for variant in variants:
-                    pieces = [t.encode() for t in variant]
-                    value = b"".join(pieces)
-                    forms.setdefault(value, _Form(value)).allow(pieces)
-        for form in forms.values():
-            form.seal()
-        self._forms = list(forms.values())
-        self._heads: dict[bytes, list[_Form]] = {}
-        self._tails: dict[bytes, list[_Form]] = {}
-        for form in self._forms:
-            self._heads.setdefault(form.value[:FRAGMENT], []).append(form)
-            if len(form.value) > FRAGMENT and form.suffix[-2]:
-                self._tails.setdefault(form.value[-FRAGMENT:], []).append(form)
-        self._longest = max((len(f.value) for f in self._forms), default=0)
-        self._all = b"\0".join(f.value for f in self._forms)
-        self.active = bool(self._forms)
+        values = [v for v in dict.fromkeys(secrets) if v]
+        self._secrets = [Secret(v, FRAGMENT) for v in values]
+        self._needles: dict[bytes, list[tuple[Secret, str, int, int]]] = {}
+        for secret in self._secrets:
+            for needle, role, a, b in secret.needles:
+                self._needles.setdefault(needle, []).append((secret, role, a, b))
+        self._longest = max((s.longest for s in self._secrets), default=0)
+        # for holding back a stream's tail (see _hold): every byte any spelling uses, and the raw values
+        alphabet = set()
+        for secret in self._secrets:
+            for char in secret.chars:
+                for spelling in char:
+                    for text, caseless in spelling:
+                        alphabet.update(text.upper() + text.lower() if caseless else text)
+        self._alphabet = bytes(sorted(alphabet))
+        self._escapable = any(len(c) > 1 for secret in self._secrets for c in secret.chars)
+        self._plain = b"\0".join(v.encode("utf-8", "surrogatepass").replace(b" ", b"+") for v in values)
+        self.active = bool(self._secrets)
 
     def __bool__(self) -> bool:
         return self.active
@@ -114,24 +77,42 @@ class Scrubber:
     def stream(self) -> StreamScrubber:
         return StreamScrubber(self)
 
+    def loads_json(self, raw: bytes) -> Any:
+        """``json.loads`` of an upstream body with no secret in any value (what a handler's ``up.json()`` returns).
+
+        The bytes are scrubbed first; when the body \\u-escapes a letter or a digit (no encoder does, a hostile
+        upstream might), what decoding made of the escapes is checked too: every decoded string is scrubbed.
+        """
+        value = json.loads(self.scrub(raw))
+        if not self.active or not _UNRESERVED_ESCAPE.search(raw):
+            return value
+        if isinstance(value, str):
+            return self.scrub_text(value)
+        todo = [value]  # in place, without recursion: json.loads accepts nesting deeper than a recursive walk would
+        while todo:
+            node = todo.pop()
+            items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+            if isinstance(node, dict):
+                node.clear()
+            for key, item in items:
+                if isinstance(item, str):
+                    item = self.scrub_text(item)
+                elif isinstance(item, (dict, list)):
+                    todo.append(item)
+                node[self.scrub_text(key) if isinstance(key, str) else key] = item
+        return value
+
     def _spans(self, data: bytes) -> list[tuple[int, int]]:
         """Where secrets appear in ``data``: sorted, overlapping appearances merged."""
         spans = []
-        for head, forms in self._heads.items():
-            at = _find(data, head, 0)
+        for needle, roles in self._needles.items():
+            at = _find(data, needle, 0)
             while at != -1:
-                n = max(f.prefix[_common_prefix(data, at, f.value)] for f in forms)
-                if n:
-                    spans.append((at, at + n))
-                at = _find(data, head, at + 1)
-        for tail, forms in self._tails.items():
-            at = _find(data, tail, 0)
-            while at != -1:
-                end = at + FRAGMENT
-                n = max(f.suffix[_common_suffix(data, end, f.value)] for f in forms)
-                if n:
-                    spans.append((end - n, end))
-                at = _find(data, tail, at + 1)
+                for secret, role, a, b in roles:
+                    found = secret.appearance(data, at, role, a, b)
+                    if found:
+                        spans.append(found)
+                at = _find(data, needle, at + 1)
         if not spans:
             return spans
         spans.sort()
@@ -145,14 +126,23 @@ class Scrubber:
         return merged
 
     def _hold(self, data: bytes) -> int:
-        """Length of the longest tail of ``data`` (under the longest form) that could begin an appearance."""
+        """Length of a tail of ``data`` (under the longest spelling) that holds where any appearance could begin.
+
+        With no ``%`` or ``\\`` in reach, a secret can only be there raw (or with ``+`` for a space): the longest
+        tail that is a piece of a value is held, exactly. Otherwise every trailing byte that some spelling uses is
+        held: a little more than needed, never less, and found with one C call.
+        """
         top = min(len(data), self._longest - 1)
-        if top <= 0 or data[-1:] not in self._all:
+        if top <= 0 or data[-1] not in self._alphabet:
             return 0
-        lo, hi = 1, top  # the tail of length lo is inside some form; find the longest that is
+        tail = data[len(data) - top :]
+        if self._escapable and (b"%" in tail or b"\\" in tail):
+            return top - len(tail.rstrip(self._alphabet))
+        tail = tail.replace(b" ", b"+")
+        lo, hi = 0, top  # the longest tail that is inside some value
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if data[len(data) - mid :] in self._all:
+            if tail[top - mid :] in self._plain:
                 lo = mid
             else:
                 hi = mid - 1
@@ -198,30 +188,6 @@ class StreamScrubber:
         self._covered = max(0, pos - cut)
         self._pending = data[cut:]
         return b"".join(out)
-
-
-def _common_prefix(data: bytes, at: int, form: bytes) -> int:
-    """The largest n with ``data[at:at + n] == form[:n]``."""
-    lo, hi = 0, min(len(form), len(data) - at)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if data.startswith(form[:mid], at):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def _common_suffix(data: bytes, end: int, form: bytes) -> int:
-    """The largest n with ``data[end - n:end] == form[-n:]``."""
-    lo, hi = 0, min(len(form), end)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if data.endswith(form[len(form) - mid :], 0, end):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def _replace(data: bytes, spans: list[tuple[int, int]]) -> bytes:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json as jsonlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
@@ -17,6 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..errors import InternalError
+from ..forward.scrub import Scrubber
 from ..keys import PENDING, RUNTIME, UPSTREAMS
 from .outgoing import handler_request
 from .respond import respond
@@ -31,9 +31,10 @@ class UpstreamResponse:
     (``async for chunk in up``), not both.
     """
 
-    def __init__(self, answer: Answer, limit: int) -> None:
+    def __init__(self, answer: Answer, limit: int, scrubber: Scrubber) -> None:
         self._answer = answer
         self._limit = limit
+        self._scrubber = scrubber
         self._body: bytes | None = answer.body if isinstance(answer.body, bytes) else None
         self._streamed = False
         self.status = answer.status
@@ -49,7 +50,8 @@ class UpstreamResponse:
         return (await self.read()).decode(_charset(self.headers.get("Content-Type", "")), "replace")
 
     async def json(self) -> Any:
-        return jsonlib.loads(await self.read())
+        """The body as JSON; also a secret that the upstream spelled in \\u-escapes no encoder writes is gone."""
+        return self._scrubber.loads_json(await self.read())
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.iter_chunked()
@@ -113,7 +115,8 @@ async def forward(
         raise InternalError(f"forward(): no upstream named {upstream!r} in the config")
     up = upstreams[upstream]
     out = handler_request(req, up, path, method=method, query=query, headers=headers, json=json, data=data)
-    result = UpstreamResponse(await up.call(out), req.app[RUNTIME].max_response)
+    runtime = req.app[RUNTIME]
+    result = UpstreamResponse(await up.call(out), runtime.max_response, runtime.scrubber)
     req.setdefault(PENDING, []).append(result)
     return result
 

@@ -44,7 +44,7 @@ def scrub(scrubber: Scrubber):
 
     def _unreadable(answer: Answer) -> UpstreamError:
         log.warning("upstream %s answered in encoding %r, which cannot be checked for secrets", answer.upstream,
-                    scrub_text(answer.encoding[:40]))
+                    scrub_text(answer.encoding)[:40])
         return UpstreamError(f"upstream {answer.upstream!r} answered in an encoding the gateway cannot check")
 
     return scrub
