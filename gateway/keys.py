@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -17,6 +17,9 @@ from multidict import CIMultiDict
 from .config import Config
 from .forward.scrub import Scrubber
 from .forward.upstream import Upstream
+
+if TYPE_CHECKING:
+    from .edge.jwt import JwtVerifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ class Resources:
     scrubber: Scrubber
     upstreams: Mapping[str, Upstream]
     debug: bool = False
+    jwt: JwtVerifier | None = None  # clients.jwt: one verifier (and one cached JWKS) for every route
 
 
 # -- the application ------------------------------------------------------------------------------------------

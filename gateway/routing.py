@@ -35,6 +35,7 @@ class Endpoint(Protocol):
     methods: tuple[str, ...]
     allow: str  # the Allow header: its methods, sorted
     public: bool  # needs no client API key
+    auth: str | None  # the one kind of client it admits ("jwt", "api_key"), or None: whatever is configured
     own_options: bool  # it answers OPTIONS itself (then OPTIONS needs a client key like any other method)
 
     def terminal(self, res: Resources) -> Handler:

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Config
+from .edge.jwks import JwksUnavailable
 from .routing import RouteTable
 
 log = logging.getLogger("gateway")
@@ -45,6 +46,10 @@ def _serve_one(config: Config, table: RouteTable, host: str, port: int, debug: b
             print=None,
             loop=uvloop.new_event_loop() if uvloop else None,
         )
+    except JwksUnavailable as exc:  # clients.jwt: no key to verify tokens with, and lazy is not set
+        print(f"error: {config.file.name}: clients.jwt.jwks_url: {exc}; fix it, or set clients.jwt.lazy: true to "
+              "start without the keys", file=sys.stderr)
+        return 1
     except (OSError, OverflowError) as exc:  # address in use, no such address, permission denied
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"error: cannot listen on {host}:{port}: {reason}", file=sys.stderr)

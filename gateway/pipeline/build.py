@@ -9,6 +9,8 @@ None when the feature is not configured, and ``chain`` leaves it out. Both are a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..config import ForwardConfig
 from ..edge.auth import authenticate
 from ..edge.errors import render_errors
@@ -16,6 +18,7 @@ from ..edge.options import answer_options
 from ..forward.upstream import Upstream
 from ..keys import Resources
 from ..routing import Endpoint, Handler
+from .claims import forward_claims
 from .headers import filter_request_headers, filter_response_headers, inject_secrets
 from .rewrite import rewrite_urls
 from .scrub import scrub
@@ -32,13 +35,15 @@ def build_endpoint(endpoint: Endpoint, res: Resources) -> Handler:
         # observe (access log, metrics): second, so it sees every answer, errors included      -- issue 9
         # cors: before auth and the OPTIONS answer, as a browser's preflight carries no key   -- issue 8
         None if endpoint.own_options else answer_options(endpoint.allow),  # the gateway's own OPTIONS: no key needed
-        None if endpoint.public else authenticate(res.config.clients.api_keys),  # who may spend the key at all
+        # who may spend the key at all: a client key and/or a signed-in user (whose claims it sets: request[CLAIMS])
+        None if endpoint.public else authenticate(res.config.clients.api_keys, res.jwt, demand=endpoint.auth),
         # rate_limit: the cheapest refusal once the client is known (a 401 is never counted)  -- issue 8
         # cache: below the limit (a hit still counts), above the call (it holds the masked answer) -- issue 8
     ])
 
 
-def build_call(upstream: Upstream, forward: ForwardConfig | None = None, *, max_response: int) -> Call:
+def build_call(upstream: Upstream, forward: ForwardConfig | None = None, *, max_response: int,
+               claims: Sequence[tuple[str, str]] = ()) -> Call:
     """The call chain of an upstream, outermost first. The request goes down the list to ``send``; the answer comes
     back up it: withhold 5xx -> filter headers -> rewrite URLs -> shape -> scrub."""
     return chain(send(upstream), [
@@ -48,6 +53,7 @@ def build_call(upstream: Upstream, forward: ForwardConfig | None = None, *, max_
         filter_response_headers(upstream.response_allow, upstream.mapper),  # allowlist; Location/Link mapped
         withhold_5xx(upstream.scrubber),  # first on the way back: nothing of a 5xx goes further
         filter_request_headers(upstream.request_allow),  # before injection: a client cannot pre-set Authorization
+        forward_claims(claims),  # after the filter (a client cannot pre-set them), before injection (a secret wins)
         inject_secrets(upstream.inject_headers),  # over whatever came before: the secret always wins
     ])
 
