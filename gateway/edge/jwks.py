@@ -225,7 +225,8 @@ def _usable(entry: Any, algorithms: tuple[str, ...]) -> dict[str, PyJWK]:
         return {}
     out = {}
     for alg in algorithms:
-        if entry.get("alg", alg) != alg or not _FITS[alg](entry):
+        fits = _FITS.get(alg)  # an algorithm with no public key (HS*, none) never gets one
+        if fits is None or entry.get("alg", alg) != alg or not fits(entry):
             continue
         try:
             key = PyJWK(entry, algorithm=alg)
