@@ -237,3 +237,26 @@ def test_max_age_reads_cache_control() -> None:
     assert max_age("s-maxage=5, max-age=45") == 45.0
     assert max_age("") == 600.0
     assert max_age("private, no-cache") == 30.0
+
+
+async def test_a_verified_token_is_remembered_until_it_expires_or_the_key_set_changes(idp: Idp) -> None:
+    clock = FakeClock()
+    async with running(idp, clock) as verifier:
+        token = idp.token("rsa-1", sub="remembered", roles=["a"])
+        first = await verifier.verify(token)
+        first["roles"].append("admin")  # a handler changing its claims changes nothing for the next request
+        assert (await verifier.verify(token))["roles"] == ["a"]
+        idp.keys = [k for k in idp.keys if k["kid"] != "rsa-1"]  # the provider retires the key ...
+        assert (await verifier.verify(token))["sub"] == "remembered"  # ... which the gateway learns at its next fetch
+        clock.advance(480)
+        await idp.wait_fetches(2)
+        await clock.next_wake()
+        with pytest.raises(InvalidToken, match="unknown"):  # a new key set: every token is checked again
+            await verifier.verify(token)
+
+        other = idp.token("ec-1", exp=int(verifier.now()) + 100)
+        assert (await verifier.verify(other))["sub"] == "user_1"
+        real = verifier.now
+        verifier.now = lambda: real() + 100 + 30  # past exp + leeway: the remembered token has expired
+        with pytest.raises(InvalidToken, match="expired"):
+            await verifier.verify(other)

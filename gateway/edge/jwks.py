@@ -74,6 +74,7 @@ class KeySet:
         self._keys: dict[str | None, dict[str, PyJWK]] = {}  # kid -> alg -> key
         self.count = 0  # usable keys in the set (a token without kid is accepted only when there is one)
         self.fetched_at: float | None = None
+        self.generation = 0  # counts the successful fetches: what was verified with an older set is checked again
         self._next_refresh = 0.0
         self._retry = RETRY_FIRST
         self._last_unknown = float("-inf")
@@ -187,6 +188,7 @@ class KeySet:
         keys, count = self._parse(body)
         now = self.clock.now()
         self._keys, self.count, self.fetched_at = keys, count, now
+        self.generation += 1
         self._next_refresh = now + max_age(cache_control) * REFRESH_AT
         self._retry = RETRY_FIRST
         log.info("clients.jwt: fetched %d keys from %s", count, self.url)

@@ -11,12 +11,16 @@ configured JWKS, never from the token (``jwk``, ``jku``, ``x5u`` headers are ign
 
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import jwt
 from aiohttp import web
+from cachetools import LRUCache
 from jwt import PyJWK
 
 from ..config_jwt import JwtConfig
@@ -24,6 +28,7 @@ from ..errors import GatewayError, Unauthorized
 from .jwks import Clock, JwksUnavailable, KeySet
 
 MAX_TOKEN = 8192  # characters; identity providers' tokens are 1-4 KB (and aiohttp refuses a header past 8 KB)
+VERIFIED = 4096  # tokens remembered as verified (a browser sends one token for its whole lifetime)
 REQUIRED = ["exp", "iss", "aud", "sub"]  # sub: the identity every limit is counted on (SPEC §7)
 _CHECKS: tuple[tuple[type[Exception], str], ...] = (  # most specific first: subclasses before their bases
     (jwt.ExpiredSignatureError, "the token has expired (exp)"),
@@ -69,6 +74,10 @@ class JwtVerifier:
         self._algorithms = list(config.algorithms)
         self._audience = list(config.audience)
         self._options: Any = {"require": REQUIRED, "verify_signature": True, "enforce_minimum_key_length": True}
+        # sha256(token) -> (claims, usable until, key set generation): a token verified once is not verified again
+        # until it expires or the key set changes (a retired key's tokens stop at the next fetch)
+        self._verified: LRUCache[bytes, tuple[dict[str, Any], float, int]] = LRUCache(VERIFIED)
+        self.now: Callable[[], float] = time.time  # wall-clock seconds, as exp is (tests move it)
 
     def cleanup_ctx(self) -> Callable[[web.Application], AsyncIterator[None]]:
         """For ``app.cleanup_ctx``: the JWKS fetched before serving (start-up fails if it cannot be, unless
@@ -92,6 +101,18 @@ class JwtVerifier:
         """The token's claims once every check passed; raises InvalidToken (or KeysUnavailable) otherwise."""
         if len(token) > MAX_TOKEN:
             raise InvalidToken(f"the token is larger than {MAX_TOKEN} characters")
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        known = self._verified.get(digest)
+        if known is not None and known[2] == self.keys.generation:
+            if self.now() >= known[1]:
+                del self._verified[digest]
+                raise InvalidToken("the token has expired (exp)")
+            return copy.deepcopy(known[0])  # a handler may change its copy; the next request gets the original
+        claims = await self._decode(token)
+        self._verified[digest] = (claims, int(claims["exp"]) + self.config.leeway, self.keys.generation)
+        return copy.deepcopy(claims)
+
+    async def _decode(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
