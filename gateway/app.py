@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web, web_response
 
 from .config import Config
+from .config_jwt import auth_problem
 from .discovery import RouteFileError, discover, import_route, prepare_imports
 from .edge.answer import apply_answer_headers
+from .edge.jwt import jwt_verifier
 from .errors import MethodNotAllowed, NotFound, error_response
 from .file_routes import FileEndpoint
 from .forward.client import Pool
@@ -48,6 +50,9 @@ def build_table(config: Config) -> RouteTable:
             endpoints.append(FileEndpoint(route, module, table.prefix, app_max_body=config.server.max_body))
         except RouteFileError as exc:
             problems.append(str(exc))
+    for endpoint in endpoints:  # a route module's config["auth"] needs that kind of client configured
+        if problem := auth_problem(endpoint.auth, bool(config.clients.api_keys), config.clients.jwt is not None):
+            problems.append(f"{endpoint.source}: config['auth']: {problem}")
     for forward in config.forwards:
         kind = WebSocketEndpoint if forward.websocket else ForwardEndpoint
         endpoints.append(kind(forward, config, table.prefix))
@@ -67,7 +72,8 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     upstreams = build_upstreams(config, scrubber)
     websockets = WebSocketSessions()
     state = open_state(cache_size=config.server.cache_size)
-    res = Resources(config, scrubber, upstreams, websockets, state, debug)
+    verifier = jwt_verifier(config.clients.jwt)
+    res = Resources(config, scrubber, upstreams, websockets, state, debug, verifier)
     app[CONFIG] = config
     app[RUNTIME] = Runtime(scrubber, debug=debug, max_response=config.server.max_response)
     app[UPSTREAMS] = upstreams
@@ -85,6 +91,8 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     app.on_response_prepare.append(apply_answer_headers)  # what the edge steps put in ANSWER_HEADERS, on every answer
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(_close_pools(upstreams, websockets, state))
+    if verifier is not None:  # the JWKS is fetched before serving: start-up raises JwksUnavailable if it cannot be
+        app.cleanup_ctx.append(verifier.cleanup_ctx())
     return app
 
 
@@ -94,7 +102,9 @@ def build_upstreams(config: Config, scrubber: Scrubber) -> dict[str, Upstream]:
     for name, upstream_config in config.upstreams.items():
         mapper = UrlMapper(upstream_config, config.forwards, config.server.prefix)
         upstream = Upstream(upstream_config, Pool(upstream_config.url), scrubber, mapper)
-        upstream.call = build_call(upstream, max_response=config.server.max_response)
+        jwt = config.clients.jwt
+        upstream.call = build_call(upstream, max_response=config.server.max_response,
+                                   claims=jwt.forward_claims if jwt else ())
         upstreams[name] = upstream
     return upstreams
 

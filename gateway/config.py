@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import jmespath
 import jmespath.exceptions
 
+from .config_jwt import JwtConfig, auth_mode, auth_problem, check_forward_claims, read_jwt
 from .config_reader import ValueReader, show_value
 from .origins import ANY, parse_origin
 from .paths import PLACEHOLDER, PathSyntaxError, Segment, params_of, parse_forward_path
@@ -50,6 +51,7 @@ class ClientsConfig:
     api_keys: tuple[Secret, ...] = ()
     cors: CorsConfig | None = None
     rate_limit: Rate | None = None
+    jwt: JwtConfig | None = None  # end users' tokens (SPEC §8)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class ForwardConfig:
     websocket: bool = False  # a WebSocket forward (SPEC §10): the upgrade is relayed to the upstream
     max_message: int = 1024**2  # websocket: the largest message either way -> closed with 1009
     idle_timeout: float = 300.0  # websocket: no message either way for this long -> both sides closed
+    auth: str | None = None  # "jwt", "api_key" or "public": the one kind of client this forward admits
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,11 @@ class _Reader(ValueReader):
         # check forwards against every declared upstream, even one with its own problems (reported there)
         declared = top["upstreams"] if isinstance(top.get("upstreams"), dict) else {}
         forwards = self.forwards(top.get("forwards"), {str(name): None for name in declared})
+        if clients.jwt is not None:
+            check_forward_claims(self, clients.jwt, upstreams)
+        for forward in forwards:
+            if problem := auth_problem(forward.auth, bool(clients.api_keys), clients.jwt is not None):
+                self.fail(("forwards", forward.key, "auth"), problem)
         return Config(file, server, clients, upstreams, forwards, frozenset(self.secrets))
 
     def server(self, value: Any) -> ServerConfig:
@@ -197,14 +205,15 @@ class _Reader(ValueReader):
 
     def clients(self, value: Any) -> ClientsConfig:
         path: YamlPath = ("clients",)
-        raw = self.mapping(value, path, ("api_keys", "cors", "rate_limit"))
+        raw = self.mapping(value, path, ("api_keys", "cors", "rate_limit", "jwt"))
         keys = self.string_list(raw.get("api_keys"), (*path, "api_keys"), secret=True)
         for i, key in enumerate(keys):
             if not key:
                 self.fail((*path, "api_keys", i), "an API key cannot be empty")
         cors = self.cors(raw["cors"], (*path, "cors")) if "cors" in raw else None
         rate = self.converted(raw["rate_limit"], (*path, "rate_limit"), parse_rate) if "rate_limit" in raw else None
-        return ClientsConfig(tuple(Secret(k) for k in keys if k), cors, rate)
+        jwt = read_jwt(self, raw.get("jwt"), (*path, "jwt"))
+        return ClientsConfig(tuple(Secret(k) for k in keys if k), cors, rate, jwt)
 
     def cors(self, value: Any, path: YamlPath) -> CorsConfig:
         raw = self.mapping(value, path, ("origins", "credentials", "max_age"))
@@ -279,7 +288,7 @@ class _Reader(ValueReader):
     def forward(self, key: str, value: Any, upstreams: Mapping[str, object]) -> ForwardConfig | None:
         path: YamlPath = ("forwards", key)
         known = ("upstream", "path", "methods", "cache", "rate_limit", "response", "rewrite_urls", "max_body", "public",
-                 "websocket", "max_message", "idle_timeout")
+                 "websocket", "max_message", "idle_timeout", "auth")
         raw = self.mapping(value, path, known)
         if value is not None and not isinstance(value, dict):
             return None
@@ -310,11 +319,15 @@ class _Reader(ValueReader):
         rewrite = self.boolean(raw["rewrite_urls"], (*path, "rewrite_urls")) if "rewrite_urls" in raw else False
         max_body = self.converted(raw["max_body"], (*path, "max_body"), parse_size) if "max_body" in raw else None
         public = self.boolean(raw["public"], (*path, "public")) if "public" in raw else False
+        auth = self.converted(raw["auth"], (*path, "auth"), auth_mode) if "auth" in raw else None
+        if public and auth not in (None, "public"):
+            self.fail((*path, "auth"), f"auth is {auth!r} but the forward is public: true; keep one of them")
+            ok = False
         websocket = self.websocket(raw, path, upstream)
         if not ok or upstream is None or target is None or methods is None or websocket is None:
             return None
         return ForwardConfig(key, segments, upstream, target, methods, cache, rate, response, bool(rewrite),
-                             max_body, bool(public), self.doc.line(path), **websocket)
+                             max_body, bool(public) or auth == "public", self.doc.line(path), auth=auth, **websocket)
 
     def websocket(self, raw: dict[str, Any], path: YamlPath, upstream: str | None) -> dict[str, Any] | None:
         """The WebSocket keys of a forward; a ws:// upstream serves only WebSocket forwards, and a WebSocket

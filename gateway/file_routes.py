@@ -13,9 +13,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .config import METHODS
+from .config_jwt import auth_mode
 from .discovery import RouteFile, RouteFileError
 from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge
-from .keys import HEAD_AS_GET, PENDING, Resources
+from .keys import CLAIMS, HEAD_AS_GET, PENDING, Resources
 from .paths import pattern_of
 from .pipeline.helper import UpstreamResponse
 from .routing import Handler
@@ -32,6 +33,7 @@ class RouteOptions:
     rate_limit: Rate | None = None
     cache: float | None = None
     public: bool = False
+    auth: str | None = None  # "jwt", "api_key" or "public": the one kind of client this route admits
 
 
 def route_options(module: ModuleType, display: str) -> RouteOptions:
@@ -42,6 +44,7 @@ def route_options(module: ModuleType, display: str) -> RouteOptions:
         raise RouteFileError(f"{display}: config must be a dict such as {{'max_body': '5mb'}}")
     parsers: dict[str, Callable[[Any], Any]] = {
         "max_body": parse_size, "rate_limit": parse_rate, "cache": parse_duration, "public": _parse_bool,
+        "auth": auth_mode,
     }
     values = {}
     for key, value in raw.items():
@@ -51,6 +54,10 @@ def route_options(module: ModuleType, display: str) -> RouteOptions:
             values[key] = parsers[key](value)
         except (ValueError, TypeError) as exc:
             raise RouteFileError(f"{display}: config[{key!r}]: {value!r}: {exc}") from None
+    if values.get("public") and values.get("auth", "public") != "public":
+        raise RouteFileError(f"{display}: config: 'public': True and 'auth': {values['auth']!r} disagree: keep one")
+    if values.get("auth") == "public":
+        values["public"] = True
     return RouteOptions(**values)
 
 
@@ -76,6 +83,7 @@ class FileEndpoint:
         self.options = route_options(module, route.display)
         self.public = self.options.public
         self.rate_limit, self.cache = self.options.rate_limit, self.options.cache
+        self.auth = self.options.auth
         own = _exported_handlers(module, route.display)
         self.own_options = "OPTIONS" in own  # else the gateway answers OPTIONS (pipeline/build.py)
         self._head_from_get = "HEAD" not in own and "GET" in own
@@ -117,6 +125,11 @@ class FileEndpoint:
 class RouteRequest(web.Request):
     """The request a route handler gets: an ``aiohttp.web.Request`` whose ``json()`` turns a body that is not JSON
     (or not in its charset) into a 400 ``bad_request``, decided here, where the body is parsed."""
+
+    def __getitem__(self, key: Any) -> Any:
+        # SPEC §8: handlers read the verified claims as req["claims"]; they live under the typed key (a plain str key
+        # set on a request is an aiohttp NotAppKeyWarning), so that one name is read through it
+        return super().__getitem__(CLAIMS if key == "claims" else key)
 
     async def json(self, *, loads: Callable[[str], Any] = json.loads) -> Any:
         try:

@@ -22,6 +22,9 @@ from .state import State
 if TYPE_CHECKING:
     from .pipeline.websocket import WebSocketSessions
 
+if TYPE_CHECKING:
+    from .edge.jwt import JwtVerifier
+
 
 @dataclass(frozen=True, slots=True)
 class Match:
@@ -64,6 +67,7 @@ class Resources:
     websockets: WebSocketSessions  # the client of WebSocket forwards
     state: State  # rate-limit counters and cached answers
     debug: bool = False
+    jwt: JwtVerifier | None = None  # clients.jwt: one verifier (and one cached JWKS) for every route
 
 
 # -- the application ------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class Endpoint(Protocol):
     methods: tuple[str, ...]
     allow: str  # the Allow header: its methods, sorted
     public: bool  # needs no client API key
+    auth: str | None  # the one kind of client it admits ("jwt", "api_key"), or None: whatever is configured
     own_options: bool  # it answers OPTIONS itself (then OPTIONS needs a client key like any other method)
     websocket: bool  # a WebSocket forward (its upgrade's Origin is checked)
     receives: frozenset[str] | None  # the request headers it passes on (lower case; None: a file route, any)

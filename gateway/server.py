@@ -9,6 +9,7 @@ import sys
 
 from .app import create_app
 from .config import Config
+from .edge.jwks import JwksUnavailable
 from .intake import run_app
 from .routing import RouteTable
 from .secrets import redact
@@ -46,6 +47,10 @@ def _serve_one(config: Config, table: RouteTable, host: str, port: int, debug: b
             print=None,
             loop=uvloop.new_event_loop() if uvloop else None,
         )
+    except JwksUnavailable as exc:  # clients.jwt: no key to verify tokens with, and lazy is not set
+        print(f"error: {config.file.name}: clients.jwt.jwks_url: {exc}; fix it, or set clients.jwt.lazy: true to "
+              "start without the keys", file=sys.stderr)
+        return 1
     except (OSError, OverflowError, UnicodeError) as exc:  # address in use, no such address, a label too long (idna)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(redact(f"error: cannot listen on {host}:{port}: {reason}", config.secret_values), file=sys.stderr)

@@ -16,7 +16,7 @@ from gateway.config import load_config
 from gateway.pipeline.websocket import offered_protocols
 
 WAIT = 5
-CONFIG = """
+CONFIG = """{clients}
 upstreams:
   rt:
     url: {url}
@@ -67,11 +67,13 @@ class Upstream:
 async def rt(aiohttp_server, aiohttp_client, tmp_path):
     up = Upstream()
 
-    async def make(extra: str = "", more: str = "", timeout: str = "2s", url: str | None = None, **client_kw):
+    async def make(extra: str = "", more: str = "", timeout: str = "2s", url: str | None = None, clients: str = "",
+                   **client_kw):
         if url is None:
             server = await aiohttp_server(up.app, access_log=None)
             url = f"http://127.0.0.1:{server.port}"
-        (tmp_path / "config.yaml").write_text(CONFIG.format(url=url, timeout=timeout, extra=extra, more=more))
+        (tmp_path / "config.yaml").write_text(CONFIG.format(url=url, timeout=timeout, extra=extra, more=more,
+                                                            clients=clients))
         config = load_config(tmp_path / "config.yaml", environ=ENV)
         return await aiohttp_client(create_app(config, build_table(config)), **client_kw)
 
@@ -329,7 +331,8 @@ async def test_a_plain_get_is_told_to_upgrade(rt):
 def test_websocket_config_mistakes_are_one_clear_line(tmp_path, yaml, problem):
     from gateway.yamlsource import ConfigError
 
-    (tmp_path / "config.yaml").write_text(CONFIG.format(url="http://127.0.0.1:1", timeout="1s", extra="", more="")
+    (tmp_path / "config.yaml").write_text(CONFIG.format(url="http://127.0.0.1:1", timeout="1s", extra="", more="",
+                                                        clients="")
                                           + "  wsonly_user: { upstream: rt, path: /y, websocket: true }\n"
                                           + yaml + "\n" + "upstreams_extra: 1\n" * 0)
     text = (tmp_path / "config.yaml").read_text().replace(
@@ -338,3 +341,48 @@ def test_websocket_config_mistakes_are_one_clear_line(tmp_path, yaml, problem):
     with pytest.raises(ConfigError) as raised:
         load_config(tmp_path / "config.yaml", environ=ENV)
     assert [p for p in map(str, raised.value.problems) if problem in p], raised.value.problems
+
+
+KEY = "ck-live-BROWSER-0123456789abcdef"
+
+
+@pytest.mark.parametrize("how", ["header", "protocol", "query"])
+async def test_a_browser_brings_its_client_key_in_a_subprotocol_or_the_query(rt, how):
+    up, make = rt
+    client = await make(clients=f'clients:\n  api_keys: ["{KEY}"]\n')
+    with pytest.raises(aiohttp.WSServerHandshakeError) as raised:
+        await client.ws_connect("/api/realtime/m")
+    assert raised.value.status == 401
+    path, options = "/api/realtime/m", {}
+    if how == "header":
+        options["headers"] = {"X-API-Key": KEY}
+    elif how == "protocol":
+        options["protocols"] = ("openai-beta.realtime-v1", f"bearer.{KEY}")
+    else:
+        path += f"?x=1&access_token={KEY}"
+    ws = await client.ws_connect(path, **options)
+    await ws.send_str("hi")
+    assert (await ws.receive(WAIT)).data == "echo hi"
+    await ws.close()
+    seen = up.handshakes[-1]
+    assert KEY not in str(seen.headers) and KEY not in seen.raw_path
+    assert "access_token" not in seen.query and seen.headers["Authorization"] == f"Bearer {SECRET}"
+    if how == "query":
+        assert seen.query["x"] == "1"
+
+
+async def test_a_signed_in_users_token_in_a_subprotocol(rt, aiohttp_server):
+    from jwt_support import AUDIENCE, ISSUER, Idp
+
+    idp = Idp()
+    url = await idp.serve(aiohttp_server)
+    up, make = rt
+    client = await make(clients=f"clients:\n  jwt: {{ jwks_url: '{url}', issuer: '{ISSUER}', audience: {AUDIENCE} }}\n")
+    token = idp.token(sub="user_7")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as raised:
+        await client.ws_connect("/api/realtime/m", protocols=("bearer.not-a-token",))
+    assert raised.value.status == 401
+    ws = await client.ws_connect("/api/realtime/m", protocols=("openai-beta.realtime-v1", f"bearer.{token}"))
+    assert ws.protocol == "openai-beta.realtime-v1"
+    await ws.close()
+    assert token not in str(up.handshakes[-1].headers)

@@ -9,7 +9,7 @@ None when the feature is not configured, and ``chain`` leaves it out. Both are a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..config import METHODS, ForwardConfig
 from ..edge.auth import authenticate
@@ -20,10 +20,12 @@ from ..edge.identity import identify
 from ..edge.options import answer_options
 from ..edge.origin import check_origin
 from ..edge.ratelimit import rate_limit, route_policies
+from ..edge.ws_credential import browser_credential
 from ..forward.upstream import Upstream
 from ..keys import Resources
 from ..origins import OriginPolicy
 from ..routing import Endpoint, Handler
+from .claims import forward_claims
 from .headers import filter_request_headers, filter_response_headers, inject_secrets
 from .hold import hold_whole
 from .rewrite import rewrite_urls
@@ -44,7 +46,9 @@ def build_endpoint(endpoint: Endpoint, res: Resources) -> Handler:
              expose_headers=endpoint.exposes),  # the OPTIONS answer: a browser's preflight carries no key
         check_origin(_origins(res), enabled=endpoint.websocket),  # a WebSocket is not protected by CORS
         None if endpoint.own_options else answer_options(endpoint.allow),  # the gateway's own OPTIONS: no key needed
-        None if endpoint.public else authenticate(clients.api_keys),  # who may spend the key at all
+        browser_credential(enabled=endpoint.websocket),  # a browser's WebSocket brings its key in a subprotocol
+        # who may spend the key at all: a client key and/or a signed-in user (whose claims it sets: request[CLAIMS])
+        None if endpoint.public else authenticate(clients.api_keys, res.jwt, demand=endpoint.auth),
         identify(res.config.server.trusted_proxies),  # who is calling: a verified JWT's sub, key hash, or the IP
         rate_limit(route_policies(clients.rate_limit, endpoint.rate_limit, endpoint.pattern),  # the cheapest
                    res.state),  # refusal once the client is known (a 401 or a preflight is never counted)
@@ -53,7 +57,8 @@ def build_endpoint(endpoint: Endpoint, res: Resources) -> Handler:
     ])
 
 
-def build_call(upstream: Upstream, forward: ForwardConfig | None = None, *, max_response: int) -> Call:
+def build_call(upstream: Upstream, forward: ForwardConfig | None = None, *, max_response: int,
+               claims: Sequence[tuple[str, str]] = ()) -> Call:
     """The call chain of an upstream, outermost first. The request goes down the list to ``send``; the answer comes
     back up it: withhold 5xx -> filter headers -> rewrite URLs -> shape -> scrub."""
     return chain(send(upstream), [
@@ -65,6 +70,7 @@ def build_call(upstream: Upstream, forward: ForwardConfig | None = None, *, max_
         filter_response_headers(upstream.response_allow, upstream.mapper),  # allowlist; Location/Link mapped
         withhold_5xx(upstream.scrubber),  # first on the way back: nothing of a 5xx goes further
         filter_request_headers(upstream.request_allow),  # before injection: a client cannot pre-set Authorization
+        forward_claims(claims),  # after the filter (a client cannot pre-set them), before injection (a secret wins)
         inject_secrets(upstream.inject_headers),  # over whatever came before: the secret always wins
     ])
 

@@ -31,6 +31,7 @@ class ForwardEndpoint:
         where = f"{config.file.name}:{forward.line}" if forward.line else config.file.name
         self.source = f"{where}: forwards.{forward.key}"
         self.public = forward.public
+        self.auth = forward.auth
         allowed = set(forward.methods) | {"OPTIONS"}
         if "GET" in allowed:
             allowed.add("HEAD")
@@ -43,7 +44,9 @@ class ForwardEndpoint:
 
     def terminal(self, res: Resources) -> Handler:
         upstream = res.upstreams[self.target]
-        call = build_call(upstream, self.forward, max_response=res.config.server.max_response)
+        jwt = res.config.clients.jwt
+        call = build_call(upstream, self.forward, max_response=res.config.server.max_response,
+                          claims=jwt.forward_claims if jwt else ())
         template = UrlTemplate(upstream.url, self.forward.path, upstream.inject_query_names)
         allowed = frozenset(self.methods) - {"OPTIONS"}
         allow, max_body, origin = self.allow, self.max_body, self.forward.rewrite_urls

@@ -34,6 +34,7 @@ class OutRequest:
     body: bytes | AsyncIterable[bytes] | None = None
     extra: Mapping[str, str] = field(default_factory=dict)  # set by the gateway or a handler (already checked)
     origin: str = ""  # the gateway's own origin as the client called it: where rewritten body URLs point
+    claims: Mapping[str, Any] | None = None  # the caller's verified token claims (clients.jwt), for forward_claims
 
 
 @dataclass(slots=True)

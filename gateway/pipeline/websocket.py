@@ -20,12 +20,13 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from ..config import Config, ForwardConfig
+from ..edge.ws_credential import QUERY_PARAM
 from ..errors import BadRequest, MethodNotAllowed, UpstreamError
 from ..keys import FACTS, MATCH, Resources
 from ..paths import pattern_of
 from ..routing import Handler
 from .headers import pick_request_headers
-from .urls import UrlTemplate
+from .urls import UrlTemplate, without_params
 
 log = logging.getLogger("gateway.upstream")
 HEARTBEAT = 30.0  # pings both ways keep idle-but-alive connections open through proxies
@@ -34,6 +35,7 @@ HEARTBEAT = 30.0  # pings both ways keep idle-but-alive connections open through
 _CREDENTIAL = re.compile(r"api[-_.]?key|token|bearer|secret|passw|auth", re.IGNORECASE).search
 _JWT_SHAPED = re.compile(r"[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}").search
 _UNSENDABLE = {1005, 1006, 1015}  # close codes that may not be sent in a close frame
+BROWSER_ONLY = {QUERY_PARAM}  # query parameters that carry the browser's own credential (edge/ws_credential.py)
 
 
 def offered_protocols(header: str) -> list[str]:
@@ -84,6 +86,7 @@ class WebSocketEndpoint:
         self.segments = forward.segments
         self.pattern = pattern_of(prefix, forward.segments)
         self.target = self.upstream = forward.upstream
+        self.auth = forward.auth
         self.rate_limit = forward.rate_limit
         self.cache = forward.cache if not forward.websocket else None
         where = f"{config.file.name}:{forward.line}" if forward.line else config.file.name
@@ -108,7 +111,8 @@ class WebSocketEndpoint:
                 raise BadRequest("this path is a WebSocket: open it with an Upgrade: websocket request",
                                  headers={"Upgrade": "websocket"})
             match = request[MATCH]
-            url = template.build(match.params, match.raw, request.rel_url.raw_query_string, upstream.inject_query)
+            query = without_params(request.rel_url.raw_query_string, BROWSER_ONLY)  # a browser's credential stays here
+            url = template.build(match.params, match.raw, query, upstream.inject_query)
             headers = pick_request_headers(request.headers, upstream.request_allow)
             headers.update(upstream.inject_headers)
             protocols = offered_protocols(request.headers.get("Sec-WebSocket-Protocol", ""))
