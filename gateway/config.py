@@ -16,6 +16,7 @@ import jmespath.exceptions
 
 from .config_jwt import JwtConfig, auth_mode, auth_problem, check_forward_claims, read_jwt
 from .config_reader import ValueReader, show_value
+from .errors import STYLES
 from .origins import ANY, parse_origin
 from .paths import PLACEHOLDER, PathSyntaxError, Segment, params_of, parse_forward_path
 from .secrets import Environment, Secret, redact
@@ -69,6 +70,7 @@ class UpstreamConfig:
     inject: InjectConfig = InjectConfig()
     forward_headers: tuple[str, ...] = ()
     expose_headers: tuple[str, ...] = ()
+    errors: str = "gateway"  # the shape of the gateway's own error bodies on its forwards: gateway or openai
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ class _Reader(ValueReader):
 
     def upstream(self, name: str, value: Any) -> UpstreamConfig | None:
         path: YamlPath = ("upstreams", name)
-        known = ("url", "timeout", "retries", "inject", "forward_headers", "expose_headers")
+        known = ("url", "timeout", "retries", "inject", "forward_headers", "expose_headers", "errors")
         raw = self.mapping(value, path, known)
         if value is not None and not isinstance(value, dict):
             return None
@@ -272,9 +274,15 @@ class _Reader(ValueReader):
         )
         forward_headers = self.header_names(raw.get("forward_headers"), (*path, "forward_headers"))
         expose_headers = self.header_names(raw.get("expose_headers"), (*path, "expose_headers"))
-        if url is None or timeout is None or retries is None:
+        errors = self.string(raw.get("errors", "gateway"), (*path, "errors"))
+        if errors is not None and errors not in STYLES:
+            self.fail((*path, "errors"), f"{errors!r}: use gateway ({{\"error\": code, \"message\": ...}}) or openai "
+                                         "(the shape OpenAI's SDKs read)")
+            errors = None
+        if url is None or timeout is None or retries is None or errors is None:
             return None
-        return UpstreamConfig(name, url.rstrip("/"), timeout, retries, inject, forward_headers, expose_headers)
+        return UpstreamConfig(name, url.rstrip("/"), timeout, retries, inject, forward_headers, expose_headers,
+                              errors)
 
     def forwards(self, value: Any, upstreams: Mapping[str, object]) -> tuple[ForwardConfig, ...]:
         if value is None:

@@ -96,20 +96,39 @@ class UpstreamTimeout(GatewayError):
     status, code, message = 504, "upstream_timeout", "the upstream service did not answer in time"
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = json.dumps({"error": code, "message": message}).encode()
-    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+# the ``type`` of each code in OpenAI's error shape, so that the official SDKs raise their own exception with the
+# gateway's message (``errors: openai`` on an upstream)
+_OPENAI_TYPES = {
+    "bad_request": "invalid_request_error", "unauthorized": "authentication_error", "forbidden": "permission_error",
+    "not_found": "invalid_request_error", "method_not_allowed": "invalid_request_error",
+    "payload_too_large": "invalid_request_error", "rate_limited": "rate_limit_error",
+}
+STYLES = ("gateway", "openai")
 
 
-def render(exc: GatewayError) -> web.Response:
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None, *,
+                   style: str = "gateway") -> web.Response:
+    """``{"error": code, "message": ...}``; in the ``openai`` style ``{"error": {"message", "type", "param", "code"}}``,
+    the shape the official OpenAI SDKs read their error message from."""
+    if style == "openai":
+        kind = _OPENAI_TYPES.get(code, "server_error" if status >= 500 else "invalid_request_error")
+        data: dict[str, object] = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    else:
+        data = {"error": code, "message": message}
+    return web.Response(status=status, body=json.dumps(data).encode(), content_type="application/json",
+                        headers=headers)
 
 
-def render_http_exception(exc: web.HTTPException) -> web.Response:
-    """aiohttp's own 4xx/5xx (from the router or raised by a handler with its default text body) as JSON."""
+def render(exc: GatewayError, *, style: str = "gateway") -> web.Response:
+    return error_response(exc.status, exc.code, exc.message, exc.headers, style=style)
+
+
+def render_http_exception(exc: web.HTTPException, *, style: str = "gateway") -> web.Response:
+    """aiohttp's own 4xx/5xx (from the router or raised by a handler with its default text body) as JSON, with its
+    own status and words: ``raise web.HTTPNotFound()`` in a handler is "not found", not "no route matches"."""
     code = _HTTP_CODES.get(exc.status, "bad_request" if exc.status < 500 else "internal_error")
     headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After", "WWW-Authenticate")}
-    return error_response(exc.status, code, exc.reason.lower() if exc.reason else code, headers)
+    return error_response(exc.status, code, exc.reason.lower() if exc.reason else code, headers, style=style)
 
 
 def has_default_body(exc: web.HTTPException) -> bool:

@@ -433,3 +433,46 @@ async def test_a_route_exception_that_quotes_a_secret_is_logged_without_it(tmp_p
         await gw.stop()
         assert "unhandled error in GET /api/boom" in gw.output
         assert not leaks(gw.output), gw.output
+
+
+OPENAI_ERRORS_CONFIG = """\
+clients:
+  api_keys: ["${{CLIENT_KEY}}"]
+upstreams:
+  openai:
+    url: http://127.0.0.1:{port}/v1
+    errors: {style}
+    inject:
+      headers: {{ Authorization: "Bearer ${{OPENAI_API_KEY}}" }}
+forwards:
+  openai/[...path]: {{ upstream: openai, path: "/{{path}}", methods: [GET, POST], rate_limit: 1/minute }}
+"""
+
+
+@pytest.mark.parametrize("style", ["openai", "gateway"])
+async def test_the_openai_sdk_shows_the_gateways_own_errors(aiohttp_server, tmp_path, style):
+    import openai
+
+    fake = FakeOpenAI()
+    config = OPENAI_ERRORS_CONFIG.format(port=await fake.start(aiohttp_server), style=style)
+    env = {**ENV, "CLIENT_KEY": "ck-live-SDKCLIENT-0123456789"}
+    async with running_gateway(tmp_path, config, env) as gw:
+        http = httpx2.AsyncClient(trust_env=False, timeout=httpx2.Timeout(WAIT * 2))
+        wrong = AsyncOpenAI(base_url=f"{gw.base}/api/openai", api_key="wrong", max_retries=0, http_client=http)
+        with pytest.raises(openai.AuthenticationError) as refused:
+            await wrong.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        right = AsyncOpenAI(base_url=f"{gw.base}/api/openai", api_key=env["CLIENT_KEY"], max_retries=0,
+                            http_client=http)
+        await right.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        with pytest.raises(openai.RateLimitError) as limited:
+            await right.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        await http.aclose()
+    if style == "openai":  # the SDK shows the gateway's message, and its type and code
+        assert "a valid API key is required" in refused.value.message
+        assert refused.value.code == "unauthorized" and refused.value.type == "authentication_error"
+        assert "rate_limited" == limited.value.code and "too many requests" in limited.value.message.lower()
+        assert limited.value.response.headers["Retry-After"]
+    else:  # the gateway's shape: the SDK can only show the status and the raw body
+        assert refused.value.code is None and limited.value.code is None
+    assert env["CLIENT_KEY"] not in str(refused.value.body) + str(limited.value.body)
+    assert len(fake.bodies) == 1

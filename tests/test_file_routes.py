@@ -202,8 +202,8 @@ async def test_a_prepared_stream_response_is_sent_as_is(aiohttp_client, tmp_path
 @pytest.mark.parametrize(
     ("raise_", "status", "code", "message"),
     [
-        ("web.HTTPNotFound()", 404, "not_found", None),
-        ("web.HTTPForbidden()", 403, "forbidden", None),
+        ("web.HTTPNotFound()", 404, "not_found", "not found"),  # the route exists: not "no route matches"
+        ("web.HTTPForbidden()", 403, "forbidden", "forbidden"),
         ("web.HTTPUnauthorized()", 401, "unauthorized", None),
         ("web.HTTPBadRequest()", 400, "bad_request", None),
         ("web.HTTPConflict()", 409, "bad_request", None),

@@ -40,7 +40,8 @@ def build_endpoint(endpoint: Endpoint, res: Resources) -> Handler:
     """The edge stack of one route, outermost first."""
     clients = res.config.clients
     return chain(endpoint.terminal(res), [
-        render_errors(res.scrubber, debug=res.debug),  # outermost: every step below may raise; all errors become JSON
+        render_errors(res.scrubber, debug=res.debug,  # outermost: every step below may raise; all errors become JSON,
+                      style=res.config.upstreams[endpoint.upstream].errors if endpoint.upstream else "gateway"),
         # observe (access log, metrics): second, so it sees every answer, errors included      -- issue 9
         cors(clients.cors, methods=endpoint.methods, allow_headers=_may_receive(endpoint, res),  # before auth and
              expose_headers=endpoint.exposes),  # the OPTIONS answer: a browser's preflight carries no key
