@@ -38,7 +38,7 @@ app.router.add_get("/bench", bench)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
 """
 BASE = """
-server: {{ host: 127.0.0.1, routes: none{server} }}
+server: {{ host: 127.0.0.1, routes: null{server} }}
 {clients}
 upstreams:
   up:

@@ -44,7 +44,7 @@ app.router.add_get("/ok", ok)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
 """
 CONFIG = """
-server: {{ host: 127.0.0.1, routes: none }}
+server: {{ host: 127.0.0.1, routes: null }}
 upstreams:
   up:
     url: http://127.0.0.1:{port}

@@ -8,7 +8,7 @@ from aiohttp import web, web_response
 
 from .config import Config
 from .config_jwt import auth_problem
-from .discovery import RouteFileError, discover, import_route, prepare_imports
+from .discovery import RouteFile, RouteFileError, discover, import_route, prepare_imports
 from .edge.answer import apply_answer_headers
 from .edge.jwt import jwt_verifier
 from .errors import MethodNotAllowed, NotFound, error_response
@@ -39,10 +39,17 @@ class StartupError(Exception):
 def build_table(config: Config) -> RouteTable:
     """Discover and import every route file, add the forwards, and check that no two answer the same path."""
     routes_dir = config.routes_dir
-    display_dir = config.server.routes.as_posix().rstrip("/")
     table = RouteTable(config.server.prefix)
-    files, problems = discover(routes_dir, display_dir)
-    prepare_imports(routes_dir)
+    files: list[RouteFile] = []
+    problems: list[str] = []
+    if routes_dir is not None:
+        display_dir = config.server.routes.as_posix().rstrip("/")
+        if not routes_dir.is_dir() and config.server.routes_required:
+            problems.append(f"{config.file.name}: server.routes: the folder {display_dir!r} does not exist (looked for "
+                            f"{routes_dir}): create it, or set routes: null if the gateway has no file routes")
+        files, bad_names = discover(routes_dir, display_dir)
+        problems += bad_names
+        prepare_imports(routes_dir)
     endpoints = []
     for route in files:
         try:

@@ -152,7 +152,7 @@ def _dev(args: argparse.Namespace) -> int:
     path = _config_path(args).resolve()
     try:
         config = load_config(path)
-        watched = [str(path), str(config.routes_dir)]
+        watched = [str(path)] + ([str(config.routes_dir)] if config.routes_dir is not None else [])
     except ConfigError:
         watched = [str(path.parent)]  # fix the config and the watcher picks it up
     watched = [w for w in watched if Path(w).exists()]

@@ -31,7 +31,8 @@ class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8080
     prefix: str = "/api"
-    routes: Path = Path("routes")
+    routes: Path | None = Path("routes")  # None: no file routes (routes: null)
+    routes_required: bool = False  # routes: was written, so the folder must exist
     workers: int = 1
     max_body: int = 1024**2
     max_response: int = 16 * 1024**2  # the most of an upstream answer read into memory (shaping, forward().read())
@@ -109,8 +110,8 @@ class Config:
     secret_values: frozenset[str] = field(default=frozenset(), repr=False)  # raw values: never in repr(config)
 
     @property
-    def routes_dir(self) -> Path:
-        return (self.file.parent / self.server.routes).resolve()
+    def routes_dir(self) -> Path | None:
+        return (self.file.parent / self.server.routes).resolve() if self.server.routes is not None else None
 
 
 def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
@@ -167,9 +168,12 @@ class _Reader(ValueReader):
                 if prefix and not prefix.startswith("/") or "//" in prefix or any(c in prefix for c in "?#[]{} "):
                     self.fail((*path, "prefix"), f"{prefix!r}: the prefix must be a path such as /api (or / for none)")
                 out["prefix"] = prefix.rstrip("/")
-        if "routes" in raw:
+        if "routes" in raw and raw["routes"] in (None, False, ""):
+            out["routes"] = None  # routes: null -> no file routes
+        elif "routes" in raw:
             routes = self.string(raw["routes"], (*path, "routes"))
-            out["routes"] = Path(routes) if routes else None
+            if routes:
+                out["routes"], out["routes_required"] = Path(routes), True
         if "workers" in raw:
             out["workers"] = self.integer(raw["workers"], (*path, "workers"), 1, 64)
         if "max_body" in raw:
@@ -182,7 +186,7 @@ class _Reader(ValueReader):
             out["trusted_proxies"] = self.networks(raw["trusted_proxies"], (*path, "trusted_proxies"))
         if "cache_size" in raw:
             out["cache_size"] = self.converted(raw["cache_size"], (*path, "cache_size"), parse_size)
-        return ServerConfig(**{k: v for k, v in out.items() if v is not None})
+        return ServerConfig(**{k: v for k, v in out.items() if v is not None or k == "routes"})
 
     def networks(self, value: Any, path: YamlPath) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """``["10.0.0.0/8", "::1"]`` -> the networks; a host address is its own /32 or /128."""

@@ -56,9 +56,22 @@ def test_discover_names_files_relative_to_the_configured_folder(tmp_path):
     assert (endpoint.target, endpoint.pattern) == ("handlers/post/[pid].py", "/api/post/[pid]")
 
 
-def test_missing_routes_folder_gives_an_empty_table(tmp_path):
-    (tmp_path / "config.yaml").write_text("server: {routes: nowhere}\n")
+def test_no_routes_folder_gives_an_empty_table(tmp_path):
+    (tmp_path / "config.yaml").write_text("server: {port: 8080}\n")  # the default folder, routes/, is not there
     assert build_table(load_config(tmp_path / "config.yaml", environ={})).endpoints == []
+    (tmp_path / "config.yaml").write_text("server: {routes: null}\n")
+    assert build_table(load_config(tmp_path / "config.yaml", environ={})).endpoints == []
+
+
+def test_a_routes_folder_that_was_named_but_is_missing_is_an_error(tmp_path):
+    from gateway.app import StartupError
+
+    (tmp_path / "config.yaml").write_text("server: {routes: nowhere}\n")
+    with pytest.raises(StartupError) as raised:
+        build_table(load_config(tmp_path / "config.yaml", environ={}))
+    [problem] = raised.value.problems
+    assert problem.startswith("config.yaml: server.routes: the folder 'nowhere' does not exist")
+    assert "routes: null" in problem
 
 
 SPEC_TREE = {
