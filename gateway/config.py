@@ -14,6 +14,7 @@ import jmespath
 import jmespath.exceptions
 
 from .config_reader import ValueReader, show_value
+from .forward.proxy import ProxyError, parse_proxy
 from .paths import PLACEHOLDER, PathSyntaxError, Segment, params_of, parse_forward_path
 from .secrets import Environment, Secret, redact
 from .units import Rate, parse_duration, parse_rate, parse_size
@@ -61,6 +62,10 @@ class UpstreamConfig:
     inject: InjectConfig = InjectConfig()
     forward_headers: tuple[str, ...] = ()
     expose_headers: tuple[str, ...] = ()
+    # connections to the upstream (gateway/forward/client.py): a cap, and an outbound proxy
+    max_connections: int = 100
+    proxy: Secret | None = None  # an explicit proxy URL; it may hold credentials
+    proxy_from_env: bool = True  # without one: HTTP(S)_PROXY / NO_PROXY decide; ``proxy: none`` turns that off
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,7 @@ class _Reader(ValueReader):
 
     def upstream(self, name: str, value: Any) -> UpstreamConfig | None:
         path: YamlPath = ("upstreams", name)
-        known = ("url", "timeout", "retries", "inject", "forward_headers", "expose_headers")
+        known = ("url", "timeout", "retries", "inject", "forward_headers", "expose_headers", "max_connections", "proxy")
         raw = self.mapping(value, path, known)
         if value is not None and not isinstance(value, dict):
             return None
@@ -209,9 +214,26 @@ class _Reader(ValueReader):
         )
         forward_headers = self.header_names(raw.get("forward_headers"), (*path, "forward_headers"))
         expose_headers = self.header_names(raw.get("expose_headers"), (*path, "expose_headers"))
-        if url is None or timeout is None or retries is None:
+        max_connections = self.integer(raw.get("max_connections", 100), (*path, "max_connections"), 1, 10_000)
+        proxy = self.proxy(raw["proxy"], (*path, "proxy")) if "proxy" in raw else None
+        if url is None or timeout is None or retries is None or max_connections is None:
             return None
-        return UpstreamConfig(name, url.rstrip("/"), timeout, retries, inject, forward_headers, expose_headers)
+        return UpstreamConfig(name, url.rstrip("/"), timeout, retries, inject, forward_headers, expose_headers,
+                              max_connections, proxy if isinstance(proxy, Secret) else None, proxy is None)
+
+    def proxy(self, value: Any, path: YamlPath) -> Secret | bool | None:
+        """``proxy: http://user:pass@host:3128`` -> Secret; ``proxy: none`` -> False (direct); a problem -> None."""
+        url = self.string(value, path, secret=True)  # credentials from ${VAR} are scrubbed like any key
+        if url is None:
+            return None
+        if url.strip().lower() == "none":
+            return False
+        try:
+            parse_proxy(url, "the proxy")
+        except ProxyError as exc:
+            self.fail(path, f"{exc}; or write none to connect directly")
+            return None
+        return Secret(url)
 
     def forwards(self, value: Any, upstreams: Mapping[str, object]) -> tuple[ForwardConfig, ...]:
         if value is None:

@@ -17,7 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..errors import UpstreamError
-from .client import DECODABLE, Response
+from .client import Response
 from .headers import pick_response_headers
 from .rewrite import LineRewriter, UrlRewriter
 from .upstream import Upstream
@@ -26,7 +26,6 @@ log = logging.getLogger("gateway.upstream")
 BUFFER_LIMIT = 1024 * 1024  # bodies up to this size with a known length are read whole: faster, bounded memory
 LOGGED_ERROR_BODY = 2048
 SHAPE_LIMIT = 16 * 1024 * 1024  # the most a shaped or URL-rewritten body may be: it is read whole
-DECODED = DECODABLE | {"identity"}  # what the client decodes: the body no longer matches the header
 
 
 async def relay(
@@ -68,11 +67,13 @@ async def relay(
 
 def response_headers(up: Response, upstream: Upstream, rewriter: UrlRewriter | None) -> CIMultiDict[str]:
     headers = pick_response_headers(up.headers, upstream.response_allow)
-    if up.headers.get("Content-Encoding", "").lower() in DECODED:
-        # the session decoded the body (so it could be scrubbed): its old encoding and length no longer apply;
-        # an encoding it does not know ("gzip, gzip", "x-snappy") reaches the client as is, with its header
+    if "Content-Encoding" in up.headers:
+        # the client undid every coding it could (so the body can be scrubbed): the old encoding and length no
+        # longer apply; what it could not undo ("x-snappy", or "br" under a gzip) still does, and is said so
         headers.popall("Content-Encoding", None)
         headers.popall("Content-Length", None)
+        if up.remaining_encoding:
+            headers["Content-Encoding"] = up.remaining_encoding
     scrub = upstream.scrubber.scrub_text if upstream.scrubber else None
     if scrub is not None and scrub(joined := "\n".join(headers.values())) != joined:  # one scan for all headers
         for name, value in list(headers.items()):
@@ -99,11 +100,9 @@ def response_headers(up: Response, upstream: Upstream, rewriter: UrlRewriter | N
 
 def _refuse_unreadable(up: Response, upstream: Upstream) -> None:
     """A body in an encoding the gateway cannot decode cannot be checked for secrets: it is not passed on."""
-    encoding = up.headers.get("Content-Encoding", "").strip().lower()
-    if encoding and encoding not in DECODED:
+    if up.remaining_encoding:
         up.close()
-        log.warning("upstream %s answered in encoding %r, which cannot be checked for secrets", upstream.name,
-                    encoding[:40])
+        log.warning("upstream %s answered in an encoding that cannot be checked for secrets", upstream.name)
         raise UpstreamError(f"upstream {upstream.name!r} answered in an encoding the gateway cannot check")
 
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from ..config import Config
-from .client import Pool
+from .client import FROM_ENV, Pool
 from .rewrite import UrlRewriter
 from .scrub import Scrubber
 from .upstream import Upstream
@@ -22,7 +22,8 @@ def upstream_sessions(config: Config, scrubber: Scrubber) -> Callable[[web.Appli
         pools = []
         upstreams = {}
         for name, upstream in config.upstreams.items():
-            pool = Pool(upstream.url)
+            proxy = upstream.proxy.reveal() if upstream.proxy else FROM_ENV if upstream.proxy_from_env else None
+            pool = Pool(upstream.url, max_connections=upstream.max_connections, proxy=proxy)
             pools.append(pool)
             rewriter = UrlRewriter(upstream, config.forwards, config.server.prefix)
             upstreams[name] = Upstream(upstream, pool, scrubber, rewriter)

@@ -1,0 +1,306 @@
+"""One keep-alive connection to an upstream: writes a request (streaming its body), parses the answer with httptools.
+
+The answer is held to the message: a head over the pool's ``max_head`` bytes or ``max_headers`` lines (interim 1xx
+answers and trailers included), bytes after the message, an invalid message: InvalidResponse, and the connection
+closed. A request body streams up in a task of its own while the answer is watched for, so an upstream that
+answers early (a 413 mid-upload) is answered at once; a watchdog ends an upload that makes no progress for
+``timeout`` seconds, blaming the side that stalled (BodyTimeout for the client, TimeoutError for the upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from .codings import CodingError
+from .response import InvalidResponse, Response, UpstreamClosed
+
+if TYPE_CHECKING:
+    from .client import Pool
+
+_CHUNKED_HEAD_END = b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+_CLIENT, _UPSTREAM = "client", "upstream"  # who an upload is waiting for
+
+
+class BodyTimeout(Exception):
+    """The client's request body stalled: no chunk for ``timeout`` seconds. The client's fault, not the upstream's."""
+
+
+class Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection; carries one request at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reusable = False
+        self.used = False  # has carried a request
+        self.received_any = False  # of the current answer
+        self.expires = 0.0  # while idle: when it is no longer used
+        self.keep_for = pool.idle_timeout
+        self.response: Response | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[str, str]] = []
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._head_only = False
+        self._head_size = 0  # bytes received before the final head was complete
+        self._header_count = 0
+        self._final = False  # the final (non-1xx) head is complete: headers now are trailers
+        self._message_done = False
+        self._stop: InvalidResponse | None = None  # why a callback stopped the parser
+        self._chunks = 0  # chunk heads seen; with _maybe_trailers, bounds what trailers can make us hold
+        self._maybe_trailers = False
+        self._trailer_size = 0
+        self._abandoned = False  # the request body was not sent whole: never reuse
+        self._stalled: Exception | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._waiting_for = _CLIENT
+        self._progress = 0.0
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        response = self.response
+        if response is None or self._message_done:  # unasked-for bytes, or bytes after the answer: never parsed
+            self.close()
+            return
+        self.received_any = True
+        final = self._final
+        chunks = self._chunks if final and self._maybe_trailers else -1
+        if not final:
+            self._head_size += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._parse_failed(exc)
+            return
+        if not final:
+            if not self._final and self._head_size > self.pool.max_head:
+                self._invalid(f"the upstream's response head is longer than {self.pool.max_head} bytes")
+        elif chunks == self._chunks and self._maybe_trailers:  # no body since the last chunk head: trailers
+            self._trailer_size += len(data)
+            if self._trailer_size > self.pool.max_head:
+                self._invalid(f"the upstream's trailers are longer than {self.pool.max_head} bytes")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        self.pool.forget(self)
+        self._can_write.set()
+        response = self.response
+        if response is not None and not response.complete:
+            if response.status and response.until_eof and exc is None:
+                response._finish()  # a body delimited by the end of the connection (a reset cuts it short)
+            else:
+                response._fail(UpstreamClosed("the upstream closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    # -- httptools callbacks ---------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._message_done:  # a second message after the one answer: stop parsing (data_received closes)
+            raise _AfterMessage
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.pool.max_headers:
+            self._stop = InvalidResponse(f"the upstream sent more than {self.pool.max_headers} header lines")
+            raise self._stop
+        if not self._final:  # trailers are counted, never kept
+            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        response = self.response
+        assert response is not None
+        if status < 200:  # 1xx: an interim answer, the real one follows
+            self._headers = []
+            return
+        self._final = True
+        self._header_count = 0  # from here on: trailers
+        headers, self._headers = self._headers, []
+        try:
+            response._start(status, headers, self._head_only or status in (204, 304))
+        except CodingError as exc:
+            self._stop = InvalidResponse(str(exc))
+            raise self._stop from None
+        if "Keep-Alive" in response.headers:
+            self.keep_for = _keep_alive(response.headers["Keep-Alive"], self.pool.idle_timeout)
+        if response.complete:
+            self.reusable = False  # HEAD: the parser still expects a body; never reuse this connection
+
+    def on_body(self, body: bytes) -> None:
+        self._maybe_trailers = False
+        self.response._feed(body)  # type: ignore[union-attr]
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+        self._maybe_trailers = True
+        self._trailer_size = 0
+
+    def on_chunk_complete(self) -> None:
+        self._maybe_trailers = False
+
+    def on_message_complete(self) -> None:
+        if self._parser.get_status_code() < 200:
+            return  # the end of an interim answer: the response is still to come
+        self._message_done = True
+        self.reusable = (self._parser.should_keep_alive() and not self._head_only and not self._abandoned
+                         and self.keep_for > 0)
+        if self.response is not None:
+            self.response._finish()
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        stop, self._stop = self._stop, None
+        if self._message_done:  # the answer was whole: what came after it is no part of it
+            self.close()
+            return
+        self._invalid(str(stop) if stop is not None else f"invalid HTTP response ({str(exc)[:80]})")
+
+    def _invalid(self, reason: str) -> None:
+        if self.response is not None:
+            self.response._fail(InvalidResponse(reason))
+        self.close()
+
+    # -- requests --------------------------------------------------------------------------------------------
+
+    async def send(self, head: bytes, body: Any, method: str, url: str, timeout: float) -> Response:
+        assert self.transport is not None
+        self.used = True
+        self.reusable = False
+        self.received_any = False
+        self._head_only = method == "HEAD"
+        self._head_size = self._header_count = self._trailer_size = 0
+        self._final = self._message_done = self._maybe_trailers = self._abandoned = False
+        self._headers = []
+        self._parser = httptools.HttpResponseParser(self)
+        response = self.response = Response(self, timeout, url)
+        done = False
+        try:
+            if body is None or isinstance(body, bytes | bytearray):
+                self.transport.write(head + body if body else head)
+                await response._wait_headers()
+            else:
+                self.transport.write(head)
+                await self._send_stream(response, body, head.endswith(_CHUNKED_HEAD_END), timeout)
+            done = True
+            return response
+        finally:
+            if not done:
+                self.close()
+
+    async def _send_stream(self, response: Response, body: Any, chunked: bool, timeout: float) -> None:
+        """Stream ``body`` up while watching for the answer: one that comes early ends the upload at once."""
+        self._stalled = None
+        self._waiting_for, self._progress = _CLIENT, self.loop.time()
+        upload = self.loop.create_task(self._upload(body, chunked))
+        upload.add_done_callback(lambda task: _settled(task, response))
+        self._watchdog = self.loop.call_at(self._progress + timeout, self._watch, timeout, response)
+        try:
+            while not response.status:
+                if response.error is not None:
+                    raise response.error
+                if self._stalled is not None:
+                    raise self._stalled
+                if upload.done():
+                    upload.result()  # the client's body failed: its own error
+                    self._watchdog.cancel()
+                    await response._wait_headers()  # sent whole: the answer is due within ``timeout``
+                    return
+                await response._wait(None)  # the watchdog bounds each stall of the upload
+        finally:
+            self._watchdog.cancel()
+            if not upload.done():
+                self._abandoned = True  # the upstream answered (or we gave up) mid-upload: never reuse
+                self.reusable = False
+                upload.cancel()
+
+    async def _upload(self, body: Any, chunked: bool) -> None:
+        assert self.transport is not None
+        write = self.transport.write
+        response = self.response
+        chunks = aiter(body)
+        try:
+            async for chunk in chunks:
+                if self.closed or response is None or response.status:
+                    return  # the upstream answered, or left: the rest of the body is not wanted
+                if chunk:
+                    write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                if not self._can_write.is_set():
+                    self._waiting_for, self._progress = _UPSTREAM, self.loop.time()
+                    await self._can_write.wait()
+                self._waiting_for, self._progress = _CLIENT, self.loop.time()
+            if chunked and not self.closed:
+                write(b"0\r\n\r\n")
+        finally:
+            if hasattr(chunks, "aclose"):
+                await chunks.aclose()
+
+    def _watch(self, timeout: float, response: Response) -> None:
+        """Called ``timeout`` after the upload's last progress: give up if there was none since."""
+        since = self.loop.time() - self._progress
+        if since < timeout * 0.999:
+            self._watchdog = self.loop.call_at(self._progress + timeout, self._watch, timeout, response)
+            return
+        if self._waiting_for is _CLIENT:
+            self._stalled = BodyTimeout(f"the request body stalled: no data for {timeout:g}s")
+        else:
+            self._stalled = TimeoutError(f"the upstream did not read the request body for {timeout:g}s")
+        response._wake()
+
+    def finished_with(self, response: Response) -> None:
+        """The consumer is done with ``response``: back to the pool if it was read to the end, else closed."""
+        if self.response is response:
+            self.response = None
+            if (response.complete and response.error is None and self.reusable and not self.closed
+                    and not response._paused):  # released unread while reading was paused
+                self.pool.release(self)
+            else:
+                self.close()
+
+    def close(self) -> None:
+        self.reusable = False
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+
+class _AfterMessage(Exception):
+    """Raised in a parser callback to stop parsing bytes that follow the answer."""
+
+
+def _settled(upload: asyncio.Task[None], response: Response) -> None:
+    if not upload.cancelled():
+        upload.exception()  # retrieved: an upload abandoned for an early answer may fail unseen
+    response._wake()
+
+
+def _keep_alive(value: str, default: float) -> float:
+    """``Keep-Alive: timeout=5, max=100`` -> 4.0: how long an idle connection may be kept (0: do not reuse it)."""
+    keep = default
+    for part in value.split(","):
+        key, _, number = part.strip().partition("=")
+        try:
+            n = float(number)
+        except ValueError:
+            continue
+        if key.lower() == "timeout":
+            keep = min(keep, n - 1)  # a second of margin: never race the upstream closing it
+        elif key.lower() == "max" and n <= 1:
+            keep = 0
+    return max(keep, 0)
+
+
