@@ -10,6 +10,7 @@ answers early (a 413 mid-upload) is answered at once; a watchdog ends an upload 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -49,6 +50,7 @@ class Connection(asyncio.Protocol):
         self._head_only = False
         self._head_size = 0  # bytes received before the final head was complete
         self._header_count = 0
+        self._header_size = 0  # bytes of header lines (interim answers' included), then of trailers
         self._final = False  # the final (non-1xx) head is complete: headers now are trailers
         self._message_done = False
         self._stop: InvalidResponse | None = None  # why a callback stopped the parser
@@ -90,6 +92,8 @@ class Connection(asyncio.Protocol):
                 self._invalid(f"the upstream's trailers are longer than {self.pool.max_head} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.response is not None and not self.response.complete:
+            self._read_what_is_left()
         self.closed = True
         self.reusable = False
         self.pool.forget(self)
@@ -100,6 +104,23 @@ class Connection(asyncio.Protocol):
                 response._finish()  # a body delimited by the end of the connection (a reset cuts it short)
             else:
                 response._fail(UpstreamClosed("the upstream closed the connection"))
+
+    def _read_what_is_left(self) -> None:
+        """An upstream that answers early and closes with our upload unread resets the connection; a write can then
+        fail before its answer, already in our socket's buffer, is read. Read it now (plain TCP only: TLS bytes
+        would need the TLS layer)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None or self.transport.get_extra_info("sslcontext") is not None:  # type: ignore[union-attr]
+            return
+        try:
+            fd = sock.fileno()
+            for _ in range(64):  # bounded: at most 4 MiB
+                data = os.read(fd, 65536) if fd >= 0 else b""
+                if not data or self.response is None or self.response.complete:
+                    break
+                self.data_received(data)
+        except OSError:  # nothing left (EAGAIN), or the reset itself
+            pass
 
     def pause_writing(self) -> None:
         self._can_write.clear()
@@ -115,8 +136,12 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
+        self._header_size += len(name) + len(value) + 4  # "name: value\r\n"
         if self._header_count > self.pool.max_headers:
             self._stop = InvalidResponse(f"the upstream sent more than {self.pool.max_headers} header lines")
+            raise self._stop
+        if self._header_size > self.pool.max_head:
+            self._stop = InvalidResponse(f"the upstream's headers are longer than {self.pool.max_head} bytes")
             raise self._stop
         if not self._final:  # trailers are counted, never kept
             self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
@@ -129,7 +154,7 @@ class Connection(asyncio.Protocol):
             self._headers = []
             return
         self._final = True
-        self._header_count = 0  # from here on: trailers
+        self._header_count = self._header_size = 0  # from here on: trailers
         headers, self._headers = self._headers, []
         try:
             response._start(status, headers, self._head_only or status in (204, 304))
@@ -182,7 +207,7 @@ class Connection(asyncio.Protocol):
         self.reusable = False
         self.received_any = False
         self._head_only = method == "HEAD"
-        self._head_size = self._header_count = self._trailer_size = 0
+        self._head_size = self._header_count = self._header_size = self._trailer_size = 0
         self._final = self._message_done = self._maybe_trailers = self._abandoned = False
         self._headers = []
         self._parser = httptools.HttpResponseParser(self)
@@ -275,7 +300,7 @@ class Connection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             if self.transport is not None:
-                self.transport.close()
+                self.transport.abort()  # now: a close would first wait to flush what an upstream may never read
 
 
 class _AfterMessage(Exception):

@@ -74,12 +74,8 @@ class Response:
     # -- fed by the connection -------------------------------------------------------------------------------
 
     def _start(self, status: int, headers: list[tuple[str, str]], no_body: bool) -> None:
-        """The final head is in. Raises CodingError for transfer codings that cannot be undone."""
-        self.status = status
+        """The final head is in. Raises CodingError (before anything is set) for codings that cannot be undone."""
         multi = CIMultiDict(headers)
-        self.headers = CIMultiDictProxy(multi)
-        length = multi.get("Content-Length")
-        self.content_length = int(length) if length and length.isdigit() else None
         content = multi.getall("Content-Encoding", ())
         transfer = multi.getall("Transfer-Encoding", ())
         chunked = False
@@ -94,6 +90,10 @@ class Response:
                 layers, self.remaining_encoding = plan(codings(content), listed)
                 if layers and not no_body:
                     self._decoder = Decoder(layers)
+        self.status = status
+        self.headers = CIMultiDictProxy(multi)
+        length = multi.get("Content-Length")
+        self.content_length = int(length) if length and length.isdigit() else None
         self.until_eof = not no_body and self.content_length is None and not chunked
         if no_body:
             self.complete = True
