@@ -166,3 +166,13 @@ async def test_the_gateway_relays_only_the_framed_body(raw_server, aiohttp_clien
         assert resp.status == 200
         assert await resp.read() == b"hello"
     assert server.accepted == 3  # each connection dropped after its answer
+
+
+async def test_a_body_sent_to_a_head_request_is_no_part_of_the_answer(raw_server, pools):
+    server = await raw_server(keep_alive(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"))
+    pool = pools(server.port)
+    response = await get(pool, method="HEAD")
+    assert response.complete and response.content_length == 5
+    await server.until(lambda: server.eofs == 1)  # the bytes after the head dropped the connection
+    assert await asyncio.wait_for(response.read(), WAIT) == b""
+

@@ -92,14 +92,15 @@ class Connection(asyncio.Protocol):
                 self._invalid(f"the upstream's trailers are longer than {self.pool.max_head} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and self.response is not None and not self.response.complete:
+        if exc is not None and self.response is not None and not self._message_done:
             self._read_what_is_left()
         self.closed = True
         self.reusable = False
         self.pool.forget(self)
         self._can_write.set()
         response = self.response
-        if response is not None and not response.complete:
+        if response is not None and not response.complete and not self._message_done:  # (a body still decoding
+            # after the whole message arrived is not cut short by the connection closing)
             if response.status and response.until_eof and exc is None:
                 response._finish()  # a body delimited by the end of the connection (a reset cuts it short)
             else:
@@ -116,7 +117,7 @@ class Connection(asyncio.Protocol):
             fd = sock.fileno()
             for _ in range(64):  # bounded: at most 4 MiB
                 data = os.read(fd, 65536) if fd >= 0 else b""
-                if not data or self.response is None or self.response.complete:
+                if not data or self.response is None or self._message_done:
                     break
                 self.data_received(data)
         except OSError:  # nothing left (EAGAIN), or the reset itself
@@ -163,8 +164,11 @@ class Connection(asyncio.Protocol):
             raise self._stop from None
         if "Keep-Alive" in response.headers:
             self.keep_for = _keep_alive(response.headers["Keep-Alive"], self.pool.idle_timeout)
-        if response.complete:
-            self.reusable = False  # HEAD: the parser still expects a body; never reuse this connection
+        if response.complete:  # HEAD, 204, 304: whatever follows the head is no part of the answer
+            self._message_done = True
+            self.reusable = False
+            if self._head_only:  # the parser would take a body for it: stop here, never reuse this connection
+                raise _AfterMessage
 
     def on_body(self, body: bytes) -> None:
         self._maybe_trailers = False
@@ -206,6 +210,7 @@ class Connection(asyncio.Protocol):
         self.used = True
         self.reusable = False
         self.received_any = False
+        self.keep_for = self.pool.idle_timeout
         self._head_only = method == "HEAD"
         self._head_size = self._header_count = self._header_size = self._trailer_size = 0
         self._final = self._message_done = self._maybe_trailers = self._abandoned = False
