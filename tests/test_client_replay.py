@@ -108,14 +108,23 @@ async def test_an_idempotent_request_is_not_replayed_once_part_of_the_answer_arr
 # --- through the gateway: `retries` is the one retry policy, and it never replays a POST or PATCH --------------
 
 
+CHARGE_ROUTE = ("from gateway import forward\n"
+                "async def POST(req):\n"
+                "    return await forward(req, 'svc', '/charge', method=req.query['m'], json={'amount': 100})\n")
+
+
 @pytest.mark.parametrize("method", ["POST", "PATCH"])
-async def test_retries_in_the_config_never_replay_a_post_or_patch(raw_server, aiohttp_client, tmp_path, method):
+@pytest.mark.parametrize("how", ["forward-no-body", "forward-streamed-body", "handler-json"])
+async def test_retries_in_the_config_never_replay_a_post_or_patch(raw_server, aiohttp_client, tmp_path, method, how):
     drops = Drops(3)
     server = await raw_server(drops.handle)
-    client = await gateway(aiohttp_client, tmp_path, server.port, FORWARDS, retries=3)
+    client = await gateway(aiohttp_client, tmp_path, server.port, FORWARDS, retries=3, routes={"pay.py": CHARGE_ROUTE})
     warm = await asyncio.gather(*(client.get("/api/svc/warm") for _ in range(3)))
     assert [r.status for r in warm] == [200] * 3
-    resp = await client.request(method, "/api/svc/charge", data=b'{"amount": 100}')
+    if how == "handler-json":  # forward(json=...): a body the gateway holds as bytes, and so could replay
+        resp = await client.post(f"/api/pay?m={method}")
+    else:
+        resp = await client.request(method, "/api/svc/charge", data=b'{"amount": 100}' if "streamed" in how else None)
     assert resp.status == 502
     assert (await resp.json())["error"] == "upstream_unavailable"
     assert [line.split(b" ")[0] for line in drops.processed] == [method.encode()]

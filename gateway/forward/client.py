@@ -99,7 +99,9 @@ class Pool:
         head = self._head(method, url, headers, body)
         replayable = method in IDEMPOTENT and (body is None or isinstance(body, bytes | bytearray))
         while True:
-            conn = await self._acquire(timeout)
+            conn = self._idle_one() if self._idle and not self._waiters else None  # the common case, no await
+            if conn is None:
+                conn = await self._acquire(timeout)
             reused = conn.used
             try:
                 return await conn.send(head, body, method, url, timeout)
@@ -143,11 +145,8 @@ class Pool:
         if self._closed:
             raise ConnectionError("the connection pool is closed")
         if not self._waiters:  # nobody queued first: an idle connection, or a new one under the cap
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed and conn.expires > conn.loop.time():
-                    return conn
-                conn.close()
+            if conn := self._idle_one():
+                return conn
             if len(self._open) + self._connecting < self.max_connections:
                 self._connecting += 1
                 return await self._connect(timeout)
@@ -168,6 +167,16 @@ class Pool:
         if given is None:  # a slot was freed for us
             return await self._connect(timeout)
         return given
+
+    def _idle_one(self) -> Connection | None:
+        """The most recently used idle connection that is still open and unexpired (others are closed)."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.expires > conn.loop.time():
+                return conn
+            conn.close()
+        return None
 
     def _pass_on(self, given: Connection | None) -> None:
         if given is None:

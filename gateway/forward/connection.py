@@ -49,8 +49,7 @@ class Connection(asyncio.Protocol):
         self._can_write.set()
         self._head_only = False
         self._head_size = 0  # bytes received before the final head was complete
-        self._header_count = 0
-        self._header_size = 0  # bytes of header lines (interim answers' included), then of trailers
+        self._room = pool.max_headers  # header lines this answer's heads may still have (1xx ones count)
         self._final = False  # the final (non-1xx) head is complete: headers now are trailers
         self._message_done = False
         self._stop: InvalidResponse | None = None  # why a callback stopped the parser
@@ -74,22 +73,30 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self.received_any = True
-        final = self._final
-        chunks = self._chunks if final and self._maybe_trailers else -1
-        if not final:
-            self._head_size += len(data)
+        if not self._final:
+            self._head_data(data)
+            return
+        chunks = self._chunks if self._maybe_trailers else -1
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._parse_failed(exc)
             return
-        if not final:
-            if not self._final and self._head_size > self.pool.max_head:
-                self._invalid(f"the upstream's response head is longer than {self.pool.max_head} bytes")
-        elif chunks == self._chunks and self._maybe_trailers:  # no body since the last chunk head: trailers
+        if chunks == self._chunks and self._maybe_trailers:  # no body since the last chunk head: trailers
             self._trailer_size += len(data)
             if self._trailer_size > self.pool.max_head:
                 self._invalid(f"the upstream's trailers are longer than {self.pool.max_head} bytes")
+
+    def _head_data(self, data: bytes) -> None:
+        """Bytes that start (or all belong to) the head: counted, so that no head can grow past ``max_head``."""
+        self._head_size += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._parse_failed(exc)
+            return
+        if not self._final and self._head_size > self.pool.max_head:
+            self._invalid(f"the upstream's response head is longer than {self.pool.max_head} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self.response is not None and not self._message_done:
@@ -136,27 +143,27 @@ class Connection(asyncio.Protocol):
             raise _AfterMessage
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        self._header_size += len(name) + len(value) + 4  # "name: value\r\n"
-        if self._header_count > self.pool.max_headers:
+        headers = self._headers  # after the head: a _Trailers, which counts them and keeps none
+        if len(headers) >= self._room:
             self._stop = InvalidResponse(f"the upstream sent more than {self.pool.max_headers} header lines")
             raise self._stop
-        if self._header_size > self.pool.max_head:
-            self._stop = InvalidResponse(f"the upstream's headers are longer than {self.pool.max_head} bytes")
-            raise self._stop
-        if not self._final:  # trailers are counted, never kept
-            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         response = self.response
         assert response is not None
-        if status < 200:  # 1xx: an interim answer, the real one follows
-            self._headers = []
+        headers, self._headers = self._headers, []
+        if self._head_size > self.pool.max_head:  # what arrived is longer than a head may be: measure this one
+            if sum(len(name) + len(value) + 4 for name, value in headers) > self.pool.max_head:
+                self._stop = InvalidResponse(f"the upstream's headers are longer than {self.pool.max_head} bytes")
+                raise self._stop
+        if status < 200:  # 1xx: an interim answer, the real one follows (its lines count against the limit)
+            self._room -= len(headers)
             return
         self._final = True
-        self._header_count = self._header_size = 0  # from here on: trailers
-        headers, self._headers = self._headers, []
+        self._room = self.pool.max_headers
+        self._headers = _Trailers(self)  # type: ignore[assignment]
         try:
             response._start(status, headers, self._head_only or status in (204, 304))
         except CodingError as exc:
@@ -212,8 +219,9 @@ class Connection(asyncio.Protocol):
         self.received_any = False
         self.keep_for = self.pool.idle_timeout
         self._head_only = method == "HEAD"
-        self._head_size = self._header_count = self._header_size = self._trailer_size = 0
-        self._final = self._message_done = self._maybe_trailers = self._abandoned = False
+        self._head_size = 0
+        self._room = self.pool.max_headers
+        self._final = self._message_done = self._abandoned = False
         self._headers = []
         self._parser = httptools.HttpResponseParser(self)
         response = self.response = Response(self, timeout, url)
@@ -306,6 +314,28 @@ class Connection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()  # now: a close would first wait to flush what an upstream may never read
+
+
+class _Trailers:
+    """Where header lines go once the head is complete: trailers are counted against the limits, never kept."""
+
+    __slots__ = ("conn", "lines", "size")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lines = 0
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.lines
+
+    def append(self, line: tuple[str, str]) -> None:
+        self.lines += 1
+        self.size += len(line[0]) + len(line[1]) + 4
+        limit = self.conn.pool.max_head
+        if self.size > limit:
+            self.conn._stop = InvalidResponse(f"the upstream's trailers are longer than {limit} bytes")
+            raise self.conn._stop
 
 
 class _AfterMessage(Exception):

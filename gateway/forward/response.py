@@ -76,10 +76,10 @@ class Response:
     def _start(self, status: int, headers: list[tuple[str, str]], no_body: bool) -> None:
         """The final head is in. Raises CodingError (before anything is set) for codings that cannot be undone."""
         multi = CIMultiDict(headers)
-        content = multi.getall("Content-Encoding", ())
-        transfer = multi.getall("Transfer-Encoding", ())
         chunked = False
-        if content or transfer:
+        if "Content-Encoding" in multi or "Transfer-Encoding" in multi:
+            content = multi.getall("Content-Encoding", ())
+            transfer = multi.getall("Transfer-Encoding", ())
             if not content and transfer == ["chunked"]:  # the common case: nothing to decode
                 chunked = True
             else:
