@@ -68,7 +68,7 @@ class Chaos:
             self.arrivals[f"{method} {rid}"] += 1
             kind = self.rng.choices(list(BEHAVIOURS), list(BEHAVIOURS.values()))[0]
             self.behaviours[kind] += 1
-            if kind == "early" and method == "POST":
+            if kind == "early" and method == "POST" and b"content-length: 0\r\n" not in head.lower():
                 await reader.read(1000)  # a little of the body, then the verdict; the rest is never read
                 writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\n"
                              b"too large")
