@@ -225,3 +225,61 @@ async def test_the_gateway_relays_an_early_413_at_once(raw_server, aiohttp_clien
     body = await resp.read()
     assert resp.status == 413
     assert json.loads(body) == {"error": "too big"}
+
+
+async def test_an_early_success_answer_is_read_while_the_body_goes_on_going_up(raw_server, pools):
+    """Full duplex (RFC 9112 §9.5): only an error answer, or one that closes the connection, stops the upload."""
+    async def duplex(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (head := await server.read_head(reader)) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")  # before the body
+            data = await server.read_body(reader, head)
+            end = b"got %d bytes" % len(data or b"")
+            writer.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(end), end))
+
+    async def slowly():
+        for piece in (b"a" * 1000, b"b" * 1000, b"c" * 1000):
+            await asyncio.sleep(0.02)  # a client still sending when the answer starts
+            yield piece
+
+    server = await raw_server(duplex)
+    pool = pools(server.port)
+    response = await asyncio.wait_for(get(pool, "/up", method="POST", body=slowly(), timeout=WAIT), WAIT)
+    assert response.status == 200
+    assert await asyncio.wait_for(response.read(), WAIT) == b"firstgot 3000 bytes"
+    assert await fetch(pool, "/up", method="POST", body=stream_of(b"xy")) == b"firstgot 2 bytes"
+    assert server.accepted == 1  # the upload ended before the answer did: the connection was kept
+
+
+async def test_an_early_success_answer_that_closes_the_connection_ends_the_upload(raw_server, pools):
+    async def done_early(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\nenuf")
+        await server.wait_eof(reader)
+
+    server = await raw_server(done_early)
+    pool = pools(server.port)
+    body = Body(b"first")  # then stalls
+    response = await asyncio.wait_for(get(pool, "/up", method="POST", body=body, timeout=WAIT * 3), WAIT)
+    assert await asyncio.wait_for(response.read(), WAIT) == b"enuf"
+    async with asyncio.timeout(WAIT):
+        while not body.closed:
+            await asyncio.sleep(0)
+    await server.until(lambda: server.eofs == 1)
+
+
+async def test_a_body_that_stalls_while_an_early_answer_streams_ends_the_call(raw_server, pools):
+    async def streams(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(int(WAIT / 0.05)):  # a deliberately slow stream, never silent for the timeout
+            writer.write(b"1\r\n.\r\n")
+            await asyncio.sleep(0.05)
+        await server.wait_eof(reader)
+
+    server = await raw_server(streams)
+    pool = pools(server.port)
+    body = Body(b"a")  # then stalls for good
+    response = await asyncio.wait_for(get(pool, "/up", method="POST", body=body, timeout=0.3), WAIT)
+    with pytest.raises(TimeoutError, match="request body stalled"):
+        await asyncio.wait_for(response.read(), WAIT)
+    await server.until(lambda: server.eofs == 1)

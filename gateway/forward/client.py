@@ -11,7 +11,8 @@ rescheduling). This client does what a forward needs and no more, and trusts the
   (RFC 9112 §9.3.1): a POST is never sent twice;
 * ``timeout`` bounds the connect, the wait for response headers, each silence between body chunks, and, while a
   request body streams up, each stall of the client's body (BodyTimeout) or of the upstream's reading;
-* an upstream that answers before the upload is done gets its answer returned at once, the upload abandoned;
+* an upstream that answers before the upload is done gets its answer returned at once; an error answer (a 413
+  mid-upload) or one that closes the connection ends the upload, any other is read while the body goes up;
 * the answer is held to the message: a head over ``max_head`` bytes or ``max_headers`` lines, bytes after the
   message, a body that does not match its codings: InvalidResponse, the connection closed, never reused;
 * bodies are read chunk by chunk with flow control (reading pauses while the consumer lags); every content

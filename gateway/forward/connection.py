@@ -3,8 +3,9 @@
 The answer is held to the message: a head over the pool's ``max_head`` bytes or ``max_headers`` lines (interim 1xx
 answers and trailers included), bytes after the message, an invalid message: InvalidResponse, and the connection
 closed. A request body streams up in a task of its own while the answer is watched for, so an upstream that
-answers early (a 413 mid-upload) is answered at once; a watchdog ends an upload that makes no progress for
-``timeout`` seconds, blaming the side that stalled (BodyTimeout for the client, TimeoutError for the upstream).
+answers early (a 413 mid-upload) is answered at once (an error answer ends the upload; a success goes on being
+read while the body goes up); a watchdog ends an upload that makes no progress for ``timeout`` seconds, blaming
+the side that stalled (BodyTimeout for the client, TimeoutError for the upstream).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Connection(asyncio.Protocol):
         self._trailer_size = 0
         self._abandoned = False  # the request body was not sent whole: never reuse
         self._stalled: Exception | None = None
+        self._uploading: asyncio.Task[None] | None = None  # the request body, going up
         self._watchdog: asyncio.TimerHandle | None = None
         self._waiting_for = _CLIENT
         self._progress = 0.0
@@ -194,7 +196,7 @@ class Connection(asyncio.Protocol):
             return  # the end of an interim answer: the response is still to come
         self._message_done = True
         self.reusable = (self._parser.should_keep_alive() and not self._head_only and not self._abandoned
-                         and self.keep_for > 0)
+                         and self.keep_for > 0 and (self._uploading is None or self._uploading.done()))
         if self.response is not None:
             self.response._finish()
 
@@ -222,6 +224,7 @@ class Connection(asyncio.Protocol):
         self._head_size = 0
         self._room = self.pool.max_headers
         self._final = self._message_done = self._abandoned = False
+        self._uploading = None
         self._headers = []
         self._parser = httptools.HttpResponseParser(self)
         response = self.response = Response(self, timeout, url)
@@ -240,12 +243,15 @@ class Connection(asyncio.Protocol):
                 self.close()
 
     async def _send_stream(self, response: Response, body: Any, chunked: bool, timeout: float) -> None:
-        """Stream ``body`` up while watching for the answer: one that comes early ends the upload at once."""
+        """Stream ``body`` up while watching for the answer, which may come before the upload is done (RFC 9112
+        §9.5): an error answer, or one that closes the connection, ends the upload at once; any other goes on
+        being read while the body goes on going up (never reused unless the upload ended first)."""
         self._stalled = None
         self._waiting_for, self._progress = _CLIENT, self.loop.time()
-        upload = self.loop.create_task(self._upload(body, chunked))
-        upload.add_done_callback(lambda task: _settled(task, response))
-        self._watchdog = self.loop.call_at(self._progress + timeout, self._watch, timeout, response)
+        self._uploading = upload = self.loop.create_task(self._upload(body, chunked))
+        upload.add_done_callback(self._upload_done)
+        self._watchdog = self.loop.call_at(self._progress + timeout, self._watch, timeout)
+        carry_on = False
         try:
             while not response.status:
                 if response.error is not None:
@@ -258,22 +264,28 @@ class Connection(asyncio.Protocol):
                     await response._wait_headers()  # sent whole: the answer is due within ``timeout``
                     return
                 await response._wait(None)  # the watchdog bounds each stall of the upload
+            carry_on = response.status < 400 and self._parser.should_keep_alive() and not response.complete
         finally:
+            if not carry_on and not upload.done():
+                self._abandon()
+
+    def _abandon(self) -> None:
+        """Stop the upload (the upstream does not want the rest, or the call ended): never reuse the connection."""
+        self._abandoned = True
+        self.reusable = False
+        if self._watchdog is not None:
             self._watchdog.cancel()
-            if not upload.done():
-                self._abandoned = True  # the upstream answered (or we gave up) mid-upload: never reuse
-                self.reusable = False
-                upload.cancel()
+        if self._uploading is not None and not self._uploading.done():
+            self._uploading.cancel()
 
     async def _upload(self, body: Any, chunked: bool) -> None:
         assert self.transport is not None
         write = self.transport.write
-        response = self.response
         chunks = aiter(body)
         try:
             async for chunk in chunks:
-                if self.closed or response is None or response.status:
-                    return  # the upstream answered, or left: the rest of the body is not wanted
+                if self.closed or self._abandoned:
+                    return  # the upstream left, or does not want the rest of the body
                 if chunk:
                     write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 if not self._can_write.is_set():
@@ -283,20 +295,37 @@ class Connection(asyncio.Protocol):
             if chunked and not self.closed:
                 write(b"0\r\n\r\n")
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             if hasattr(chunks, "aclose"):
                 await chunks.aclose()
 
-    def _watch(self, timeout: float, response: Response) -> None:
+    def _upload_done(self, upload: asyncio.Task[None]) -> None:
+        failed = not upload.cancelled() and upload.exception() is not None  # (retrieved: it may go unseen)
+        response = self.response
+        if response is None:
+            return
+        if failed and response.status:  # the answer is being read while the body failed: the call ends here
+            response._fail(UpstreamClosed("the request body could not be sent whole"))
+            self.close()
+        response._wake()
+
+    def _watch(self, timeout: float) -> None:
         """Called ``timeout`` after the upload's last progress: give up if there was none since."""
         since = self.loop.time() - self._progress
         if since < timeout * 0.999:
-            self._watchdog = self.loop.call_at(self._progress + timeout, self._watch, timeout, response)
+            self._watchdog = self.loop.call_at(self._progress + timeout, self._watch, timeout)
             return
         if self._waiting_for is _CLIENT:
             self._stalled = BodyTimeout(f"the request body stalled: no data for {timeout:g}s")
         else:
             self._stalled = TimeoutError(f"the upstream did not read the request body for {timeout:g}s")
-        response._wake()
+        response = self.response
+        if response is not None and response.status:  # an answer already being read: the call ends here
+            response._fail(TimeoutError(str(self._stalled)))
+            self.close()
+        elif response is not None:
+            response._wake()
 
     def finished_with(self, response: Response) -> None:
         """The consumer is done with ``response``: back to the pool if it was read to the end, else closed."""
@@ -310,6 +339,8 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.reusable = False
+        if self._uploading is not None and not self._uploading.done():
+            self._abandon()
         if not self.closed:
             self.closed = True
             if self.transport is not None:
@@ -340,12 +371,6 @@ class _Trailers:
 
 class _AfterMessage(Exception):
     """Raised in a parser callback to stop parsing bytes that follow the answer."""
-
-
-def _settled(upload: asyncio.Task[None], response: Response) -> None:
-    if not upload.cancelled():
-        upload.exception()  # retrieved: an upload abandoned for an early answer may fail unseen
-    response._wake()
 
 
 def _keep_alive(value: str, default: float) -> float:
