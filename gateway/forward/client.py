@@ -143,31 +143,36 @@ class Pool:
     # -- connections: the cap, the wait, idle expiry ---------------------------------------------------------
 
     async def _acquire(self, timeout: float) -> Connection:
-        if self._closed:
-            raise ConnectionError("the connection pool is closed")
-        if not self._waiters:  # nobody queued first: an idle connection, or a new one under the cap
-            if conn := self._idle_one():
-                return conn
-            if len(self._open) + self._connecting < self.max_connections:
-                self._connecting += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self._closed:
+                raise ConnectionError("the connection pool is closed")
+            if not self._waiters:  # nobody queued first: an idle connection, or a new one under the cap
+                if conn := self._idle_one():
+                    return conn
+                if len(self._open) + self._connecting < self.max_connections:
+                    self._connecting += 1
+                    return await self._connect(timeout)
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    given = await waiter
+            except BaseException as exc:
+                if not waiter.done():
+                    waiter.cancel()
+                    self._waiters.remove(waiter)
+                elif not waiter.cancelled() and waiter.exception() is None:  # handed over as we gave up: pass on
+                    self._pass_on(waiter.result())
+                if isinstance(exc, TimeoutError):
+                    raise PoolFull(f"all {self.max_connections} connections stayed busy for {timeout:g}s") from None
+                raise
+            if given is None:  # a slot was freed for us
                 return await self._connect(timeout)
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            async with asyncio.timeout(timeout):
-                given = await waiter
-        except BaseException as exc:
-            if not waiter.done():
-                waiter.cancel()
-                self._waiters.remove(waiter)
-            elif not waiter.cancelled() and waiter.exception() is None:  # handed over as we gave up: pass it on
-                self._pass_on(waiter.result())
-            if isinstance(exc, TimeoutError):
-                raise PoolFull(f"all {self.max_connections} connections stayed busy for {timeout:g}s") from None
-            raise
-        if given is None:  # a slot was freed for us
-            return await self._connect(timeout)
-        return given
+            if not given.closed:
+                return given
+            # the upstream closed it on its way to us: its place is free, queue again (within the deadline)
 
     def _idle_one(self) -> Connection | None:
         """The most recently used idle connection that is still open and unexpired (others are closed)."""
