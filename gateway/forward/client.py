@@ -85,8 +85,8 @@ class Pool:
         # through a plain proxy an http request names its target in absolute form and carries the proxy's key
         plain = self.proxy is not None and self._ssl is None
         self._target_prefix = f"http://{self.host_header}" if plain else ""
-        self._proxy_line = f"Proxy-Authorization: {self.proxy.authorization}" if plain and self.proxy and \
-            self.proxy.authorization else None
+        key = self.proxy.authorization if plain and self.proxy is not None else None
+        self._proxy_line = f"Proxy-Authorization: {key}" if key else None
         self._idle: list[Connection] = []
         self._open: set[Connection] = set()
         self._connecting = 0
