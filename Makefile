@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run dev test lint bench clean
+.PHONY: run dev test lint bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+
+soak: $(VENV)/.installed-dev  # GATEWAY_SOAK_SECONDS=60 make soak for a short run (default 600)
+	$(BIN)/python -m pytest -m soak -s tests/test_client_soak.py
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/routes_bench.py

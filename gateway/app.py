@@ -13,7 +13,7 @@ from .edge.answer import apply_answer_headers
 from .edge.jwt import jwt_verifier
 from .errors import MethodNotAllowed, NotFound, error_response
 from .file_routes import FileEndpoint
-from .forward.client import Pool
+from .forward.client import FROM_ENV, Pool
 from .forward.scrub import Scrubber
 from .forward.upstream import Upstream
 from .keys import CONFIG, RUNTIME, STATE, UPSTREAMS, Resources, Runtime
@@ -108,7 +108,10 @@ def build_upstreams(config: Config, scrubber: Scrubber) -> dict[str, Upstream]:
     upstreams = {}
     for name, upstream_config in config.upstreams.items():
         mapper = UrlMapper(upstream_config, config.forwards, config.server.prefix)
-        upstream = Upstream(upstream_config, Pool(upstream_config.url), scrubber, mapper)
+        proxy = upstream_config.proxy.reveal() if upstream_config.proxy else \
+            FROM_ENV if upstream_config.proxy_from_env else None
+        pool = Pool(upstream_config.url, max_connections=upstream_config.max_connections, proxy=proxy)
+        upstream = Upstream(upstream_config, pool, scrubber, mapper)
         jwt = config.clients.jwt
         upstream.call = build_call(upstream, max_response=config.server.max_response,
                                    claims=jwt.forward_claims if jwt else ())

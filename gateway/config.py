@@ -17,6 +17,7 @@ import jmespath.exceptions
 from .config_jwt import JwtConfig, auth_mode, auth_problem, check_forward_claims, read_jwt
 from .config_reader import ValueReader, show_value
 from .errors import STYLES
+from .forward.proxy import ProxyError, parse_proxy
 from .origins import ANY, parse_origin
 from .paths import PLACEHOLDER, PathSyntaxError, Segment, params_of, parse_forward_path
 from .secrets import Environment, Secret, redact
@@ -72,6 +73,10 @@ class UpstreamConfig:
     forward_headers: tuple[str, ...] = ()
     expose_headers: tuple[str, ...] = ()
     errors: str = "gateway"  # the shape of the gateway's own error bodies on its forwards: gateway or openai
+    # connections to the upstream (gateway/forward/client.py): a cap, and an outbound proxy
+    max_connections: int = 100
+    proxy: Secret | None = None  # an explicit proxy URL; it may hold credentials
+    proxy_from_env: bool = True  # without one: HTTP(S)_PROXY / NO_PROXY decide; ``proxy: none`` turns that off
 
 
 @dataclass(frozen=True)
@@ -257,7 +262,8 @@ class _Reader(ValueReader):
 
     def upstream(self, name: str, value: Any) -> UpstreamConfig | None:
         path: YamlPath = ("upstreams", name)
-        known = ("url", "timeout", "retries", "inject", "forward_headers", "expose_headers", "errors")
+        known = ("url", "timeout", "retries", "inject", "forward_headers", "expose_headers", "errors",
+                 "max_connections", "proxy")
         raw = self.mapping(value, path, known)
         if value is not None and not isinstance(value, dict):
             return None
@@ -283,10 +289,26 @@ class _Reader(ValueReader):
             self.fail((*path, "errors"), f"{errors!r}: use gateway ({{\"error\": code, \"message\": ...}}) or openai "
                                          "(the shape OpenAI's SDKs read)")
             errors = None
-        if url is None or timeout is None or retries is None or errors is None:
+        max_connections = self.integer(raw.get("max_connections", 100), (*path, "max_connections"), 1, 10_000)
+        proxy = self.proxy(raw["proxy"], (*path, "proxy")) if "proxy" in raw else None
+        if url is None or timeout is None or retries is None or errors is None or max_connections is None:
             return None
         return UpstreamConfig(name, url.rstrip("/"), timeout, retries, inject, forward_headers, expose_headers,
-                              errors)
+                              errors=errors, max_connections=max_connections,
+                              proxy=proxy if isinstance(proxy, Secret) else None, proxy_from_env=proxy is None)
+    def proxy(self, value: Any, path: YamlPath) -> Secret | bool | None:
+        """``proxy: http://user:pass@host:3128`` -> Secret; ``proxy: none`` -> False (direct); a problem -> None."""
+        url = self.string(value, path, secret=True)  # credentials from ${VAR} are scrubbed like any key
+        if url is None:
+            return None
+        if url.strip().lower() == "none":
+            return False
+        try:
+            parse_proxy(url, "the proxy")
+        except ProxyError as exc:
+            self.fail(path, f"{exc}; or write none to connect directly")
+            return None
+        return Secret(url)
 
     def forwards(self, value: Any, upstreams: Mapping[str, object]) -> tuple[ForwardConfig, ...]:
         if value is None:

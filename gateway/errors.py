@@ -2,6 +2,7 @@
 
     GatewayError
     ├── BadRequest            400 bad_request
+    │   └── RequestTimeout    408 bad_request        (the client's body stalled)
     ├── Unauthorized          401 unauthorized
     ├── Forbidden             403 forbidden
     ├── NotFound              404 not_found
@@ -11,6 +12,7 @@
     ├── InternalError         500 internal_error
     ├── UpstreamError         502 upstream_error
     ├── UpstreamUnavailable   502 upstream_unavailable
+    ├── Unavailable           503 unavailable          (carries Retry-After)
     └── UpstreamTimeout       504 upstream_timeout
 
 They are rendered as ``{"error": code, "message": ...}`` in exactly one place (``error_response``).
@@ -53,6 +55,10 @@ class BadRequest(GatewayError):
     status, code, message = 400, "bad_request", "bad request"
 
 
+class RequestTimeout(BadRequest):
+    status, message = 408, "the request body did not arrive in time"
+
+
 class Unauthorized(GatewayError):
     status, code, message = 401, "unauthorized", "a valid API key is required"
 
@@ -90,6 +96,13 @@ class UpstreamError(GatewayError):
 
 class UpstreamUnavailable(GatewayError):
     status, code, message = 502, "upstream_unavailable", "the upstream service could not be reached"
+
+
+class Unavailable(GatewayError):
+    status, code, message = 503, "unavailable", "the service is busy; retry later"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
 class UpstreamTimeout(GatewayError):

@@ -41,9 +41,10 @@ class Upstream:
         self.call: Call | None = None  # its call chain for forward(), assembled by the app at start-up
 
     async def send(self, method: str, url: str, headers: dict[str, str], data: Any) -> Response:
-        """One call upstream. Retries (idempotent methods without a streamed body) on connect errors and 502/503/504,
-        never on a timeout."""
-        attempts = 1 + (self.retries if method in IDEMPOTENT and data is None else 0)
+        """One call upstream. ``retries`` more attempts on a connect error or a 502/503/504 answer, for idempotent
+        methods with a replayable body only (never a POST or PATCH, never a streamed body), never on a timeout."""
+        replayable = method in IDEMPOTENT and (data is None or isinstance(data, bytes | bytearray))
+        attempts = 1 + (self.retries if replayable else 0)
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:

@@ -97,11 +97,13 @@ def filter_response_headers(allow: frozenset[str], mapper: UrlMapper):
         answer = await call_next(out)
         raw = answer.headers
         headers = pick_response_headers(raw, allow)
-        headers.popall("Content-Encoding", None)
-        if answer.encoding:  # a coding the client still has to undo, as the upstream sent it
-            headers["Content-Encoding"] = answer.encoding
-        elif raw.get("Content-Encoding", "identity").strip().lower() != "identity":
-            headers.popall("Content-Length", None)  # decoded: the upstream's length is the compressed one
+        if "Content-Encoding" in raw:  # the client undid every coding it could, so the body can be scrubbed
+            headers.popall("Content-Encoding", None)
+            sent = ",".join(raw.getall("Content-Encoding")).replace(" ", "").lower()
+            if answer.encoding.replace(" ", "") != sent:
+                headers.popall("Content-Length", None)  # some coding was undone: that length is no more
+            if answer.encoding:  # what it could not undo ("br", or "br" under a gzip) still applies, and is said
+                headers["Content-Encoding"] = answer.encoding
         if "Location" in raw or "Content-Location" in raw or "Link" in raw:
             for name in URL_HEADERS:
                 headers.popall(name, None)

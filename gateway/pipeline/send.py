@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from ..errors import PayloadTooLarge
-from ..forward.client import DECODABLE, Response
+from ..forward.client import Response
 from ..forward.errors import upstream_errors
 from ..forward.upstream import Upstream
 from .values import Answer, Call, OutRequest
 
 BUFFER_LIMIT = 1024 * 1024  # a plain body up to this size with a known length is read whole: faster, bounded
-DECODED = DECODABLE | {"identity", ""}  # what the client decodes, so the body it delivers is plain
 
 
 def send(upstream: Upstream) -> Call:
@@ -30,7 +29,7 @@ def send(upstream: Upstream) -> Call:
                 raise PayloadTooLarge(f"the request body is larger than the limit of {out.body.limit} bytes") from None
             raise
         coding = response.headers.get("Content-Encoding", "")
-        encoding = "" if coding.strip().lower() in DECODED else coding
+        encoding = response.remaining_encoding  # what the client could not undo ("" when the body is plain)
         if out.method == "HEAD" or response.status in (204, 304):
             response.release()
             body: bytes | AsyncIterator[bytes] = b""
