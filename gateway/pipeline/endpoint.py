@@ -43,7 +43,7 @@ class ForwardEndpoint:
 
     def terminal(self, res: Resources) -> Handler:
         upstream = res.upstreams[self.target]
-        call = build_call(upstream, self.forward, max_response=res.config.server.max_response)
+        call = build_call(upstream, self.forward, max_response=res.config.server.max_response, state=res.state)
         template = UrlTemplate(upstream.url, self.forward.path, upstream.inject_query_names)
         allowed = frozenset(self.methods) - {"OPTIONS"}
         allow, max_body, origin = self.allow, self.max_body, self.forward.rewrite_urls
