@@ -12,6 +12,8 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, None: 1}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
 _RATE_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+_BUDGET = re.compile(r"^\s*(\d+)\s*/\s*(minute|hour|day)\s*$")
+_BUDGET_UNITS = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +24,7 @@ class Rate:
     period: float
 
     def __str__(self) -> str:
-        unit = {1.0: "second", 60.0: "minute", 3600.0: "hour"}[self.period]
+        unit = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}[self.period]
         return f"{self.count}/{unit}"
 
 
@@ -62,3 +64,11 @@ def parse_rate(value: object) -> Rate:
     if not match or int(match[1]) < 1:
         raise ValueError("expected a rate like 30/minute (N/second, N/minute or N/hour, N >= 1)")
     return Rate(int(match[1]), _RATE_UNITS[match[2]])
+
+
+def parse_budget(value: object) -> Rate:
+    """A token budget: ``"200000/day"`` -> Rate(200000, 86400.0); per minute, hour or day."""
+    match = _BUDGET.match(str(value)) if isinstance(value, str) else None
+    if not match or int(match[1]) < 1:
+        raise ValueError("expected a budget like 200000/day (N/minute, N/hour or N/day, N >= 1)")
+    return Rate(int(match[1]), _BUDGET_UNITS[match[2]])

@@ -154,7 +154,8 @@ def _forgeries() -> list[Any]:
         pytest.param(lambda: f"{b64({'alg': 'RS256', 'kid': 7})}.{b64(claims())}.{b64(b'sig')}", "malformed",
                      id="kid-not-a-string"),
         pytest.param(lambda: _token() + "." + "A" * 10, "malformed", id="four-segments"),
-        pytest.param(lambda: _token()[:-8], "malformed", id="truncated-signature"),
+        # 342 base64url characters less 9 leave a length no base64 can have: malformed, whatever the signature
+        pytest.param(lambda: _token()[:-9], "malformed", id="truncated-signature"),
         pytest.param(lambda: unsigned({"alg": "RS256", "kid": "rsa-1"}, claims(), b"x" * 5000), "signature",
                      id="huge-signature"),
         pytest.param(lambda: unsigned({"alg": "RS256", "kid": "rsa-1", "pad": "y" * 5000}, claims()), "signature",

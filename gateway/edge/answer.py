@@ -13,6 +13,8 @@ from multidict import CIMultiDict
 
 from ..keys import ANSWER_HEADERS
 
+LIMIT_LISTS = ("RateLimit", "RateLimit-Policy")  # one member per limit: the edge's and a call's are both kept
+
 
 def answer_headers(request: web.Request) -> CIMultiDict[str]:
     """The request's ANSWER_HEADERS, created on first use."""
@@ -31,6 +33,7 @@ async def apply_answer_headers(request: web.Request, response: web.StreamRespons
     if not extra:
         return
     headers = response.headers
+    own_limits = {name: headers.getall(name) for name in LIMIT_LISTS if name in extra and name in headers}
     replaced: set[str] = set()
     for name, value in extra.items():
         key = name.lower()
@@ -42,6 +45,19 @@ async def apply_answer_headers(request: web.Request, response: web.StreamRespons
         headers.add(name, value)
     if "Vary" in extra:
         headers["Vary"] = merge_vary(headers.getall("Vary", ()), extra.getall("Vary"))
+    for name, own in own_limits.items():  # a call's own limits (a token budget) stay beside the edge's
+        headers[name] = merge_members(extra.getall(name), own)
+
+
+def merge_members(first: Iterable[str], then: Iterable[str]) -> str:
+    """Two RateLimit(-Policy) lists as one, one member per limit name, ``first``'s winning:
+    ``['"route";r=1;t=9']`` + ``['"budget";r=900;t=50']`` -> ``'"route";r=1;t=9, "budget";r=900;t=50'``."""
+    members: dict[str, str] = {}
+    for value in (*first, *then):
+        for member in value.split(","):
+            if member := member.strip():
+                members.setdefault(member.split(";")[0].strip(), member)
+    return ", ".join(members.values())
 
 
 def merge_vary(own: Iterable[str], added: Iterable[str]) -> str:

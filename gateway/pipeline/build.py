@@ -25,7 +25,9 @@ from ..forward.upstream import Upstream
 from ..keys import Resources
 from ..origins import OriginPolicy
 from ..routing import Endpoint, Handler
+from ..state import State
 from .claims import forward_claims
+from .guard import guard
 from .headers import filter_request_headers, filter_response_headers, inject_secrets
 from .hold import hold_whole
 from .rewrite import rewrite_urls
@@ -59,7 +61,7 @@ def build_endpoint(endpoint: Endpoint, res: Resources) -> Handler:
 
 
 def build_call(upstream: Upstream, forward: ForwardConfig | None = None, *, max_response: int,
-               claims: Sequence[tuple[str, str]] = ()) -> Call:
+               claims: Sequence[tuple[str, str]] = (), state: State | None = None) -> Call:
     """The call chain of an upstream, outermost first. The request goes down the list to ``send``; the answer comes
     back up it: withhold 5xx -> filter headers -> rewrite URLs -> shape -> scrub."""
     return chain(send(upstream), [
@@ -68,6 +70,9 @@ def build_call(upstream: Upstream, forward: ForwardConfig | None = None, *, max_
         scrub(upstream.scrubber),  # last on the way back: no step after it can rebuild a secret
         shape(forward.response if forward else None, limit=max_response),  # drop + JMESPath, on a bounded body
         rewrite_urls(upstream.mapper, enabled=forward is not None and forward.rewrite_urls, limit=max_response),
+        guard(forward.guard if forward else None, state, scope=forward.key if forward else "", limit=max_response),
+        # the body checked, capped and budgeted before anything goes; on the way back it reads the usage below
+        # shape/rewrite (which may drop it) and adds its RateLimit fields above the header allowlist
         filter_response_headers(upstream.response_allow, upstream.mapper),  # allowlist; Location/Link mapped
         withhold_5xx(upstream.scrubber),  # first on the way back: nothing of a 5xx goes further
         filter_request_headers(upstream.request_allow),  # before injection: a client cannot pre-set Authorization

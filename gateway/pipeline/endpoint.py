@@ -46,7 +46,7 @@ class ForwardEndpoint:
         upstream = res.upstreams[self.target]
         jwt = res.config.clients.jwt
         call = build_call(upstream, self.forward, max_response=res.config.server.max_response,
-                          claims=jwt.forward_claims if jwt else ())
+                          claims=jwt.forward_claims if jwt else (), state=res.state)
         template = UrlTemplate(upstream.url, self.forward.path, upstream.inject_query_names)
         allowed = frozenset(self.methods) - {"OPTIONS"}
         allow, max_body, origin = self.allow, self.max_body, self.forward.rewrite_urls

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BadRequest, InternalError
-from ..keys import CLAIMS, HEAD_AS_GET
+from ..keys import CLAIMS, FACTS, HEAD_AS_GET, IDENTITY
 from ..request_id import HEADER as REQUEST_ID_HEADER
 from ..request_id import request_id
 from ..routing import Match
@@ -83,7 +83,8 @@ def _out(request: web.Request, method: str, url: str, body: bytes | None, extra:
             extra.update(body_headers(request))
     extra[REQUEST_ID_HEADER] = request_id(request)
     where = f"{request.scheme}://{request.host}" if origin else ""
-    return OutRequest(method, url, request.headers, out_body, extra, where, request.get(CLAIMS))
+    return OutRequest(method, url, request.headers, out_body, extra, where, request.get(CLAIMS),
+                      identity=request.get(IDENTITY, ""), facts=request.get(FACTS))
 
 
 def encode_path(path: str) -> str:

@@ -13,11 +13,14 @@ import functools
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..errors import UpstreamError
+
+if TYPE_CHECKING:
+    from ..keys import Facts
 
 log = logging.getLogger("gateway.upstream")
 
@@ -35,6 +38,8 @@ class OutRequest:
     extra: Mapping[str, str] = field(default_factory=dict)  # set by the gateway or a handler (already checked)
     origin: str = ""  # the gateway's own origin as the client called it: where rewritten body URLs point
     claims: Mapping[str, Any] | None = None  # the caller's verified token claims (clients.jwt), for forward_claims
+    identity: str = ""  # who is calling (request[IDENTITY]: "sub:..", "key:..", "ip:.."): budgets count per caller
+    facts: Facts | None = None  # the request's Facts (access log, metrics), when it has them
 
 
 @dataclass(slots=True)

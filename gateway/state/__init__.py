@@ -1,7 +1,8 @@
-"""Where rate-limit counters and cached answers live: one interface, its backend chosen once at start-up.
+"""Where rate-limit counters, token budgets and cached answers live: one interface, its backend chosen at start-up.
 
 ``MemoryState`` (this process) is the only backend today; a Redis one (SPEC §9) implements the same methods, and
-overrides ``acquire`` to check every limit of a request in one atomic round trip.
+overrides ``acquire`` to check every limit of a request in one atomic round trip (``reserve`` and ``settle`` are one
+round trip each, too: see their docstrings for the exact semantics a backend implements).
 
 Rate limits use the ``limits`` library's fixed window (``FixedWindowRateLimiter``): a client's window opens with its
 first request and lasts the rate's period; its count starts over when the window ends. ``Window.reset_in`` is the
@@ -45,6 +46,22 @@ class Verdict:
     admitted: bool
     windows: tuple[Window, ...]  # one per limit, in the order given
     refused: tuple[int, ...] = ()  # indexes of the limits that had no room
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What ``reserve`` decided about an amount of a budget, or what ``settle`` made of it.
+
+    ``window`` names the budget window the amount was counted in (its end, in the backend's clock): a settle applies
+    to that window only. ``spent`` is that window's total after the call, every reservation in flight included.
+    """
+
+    admitted: bool
+    key: str
+    amount: int  # what is counted for this request now: the reservation, then the settled amount (0 when refused)
+    spent: int
+    reset_in: float  # seconds until the window ends and its total starts over at 0
+    window: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +118,41 @@ class State(ABC):
             windows = tuple([await self.window(limit) for limit in limits])
         refused = tuple(i for i, ok in enumerate(fits) if not ok)
         return Verdict(not refused, windows, refused)
+
+    # -- budgets: amounts reserved before the work, settled after it --------------------------------------------
+
+    @abstractmethod
+    async def reserve(self, key: str, amount: int, limit: int, period: float) -> Hold:
+        """Reserve ``amount`` (>= 1) of the budget ``limit`` per ``period`` seconds counted under ``key``, atomically.
+
+        The window is fixed, opened by the first reservation under ``key`` (total 0, ends ``period`` seconds later)
+        and gone once it ends. Admitted when ``total + amount <= limit``: the total grows by ``amount``. Otherwise
+        refused and nothing changes (an amount over ``limit`` is always refused). Either way the Hold carries the
+        total, the seconds until the window ends (``period`` when no window is open) and the window's end.
+
+        Redis (one script, KEYS[1] = key, a hash {spent, end} with PEXPIREAT end; now = TIME in ms)::
+
+            spent, end = HGET spent, end;  if not end or end <= now: spent, end = 0, now + period
+            if spent + amount > limit: return {0, spent, end - now, end}
+            HSET spent spent + amount, end end; PEXPIREAT end; return {1, spent + amount, end - now, end}
+        """
+
+    @abstractmethod
+    async def settle(self, hold: Hold, actual: int) -> Hold:
+        """Replace a reservation by what was really used, atomically: ``actual`` (>= 0) may be more or less.
+
+        Only in the window the reservation was made in (same key, same end): its total becomes
+        ``max(0, total - hold.amount + actual)``, which may pass the limit (a request that cost more than reserved
+        is still counted; the next reservation is then refused until the window ends). When that window has ended
+        (or its counter was evicted) nothing changes: the old total is gone. A refused hold changes nothing.
+        Returns the hold with ``amount = actual`` and the window's current total and ``reset_in``.
+
+        Redis (one script, KEYS[1] = key; ARGV = hold.amount, actual, hold.window)::
+
+            spent, end = HGET spent, end
+            if end == hold.window and end > now: spent = max(0, spent - reserved + actual); HSET spent spent
+            return {spent or 0, (end or now) - now}
+        """
 
     # -- cache and locks ---------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""State held in this process: rate-limit counters and cached answers in bounded maps, locks per name.
+"""State held in this process: rate-limit counters, token budgets and cached answers in bounded maps, locks per name.
 
 Both maps drop entries at their own expiry and evict the least recently used first when full, so memory stays
 bounded however many distinct clients or URLs arrive. limits' own ``MemoryStorage`` was measured unfit for that:
@@ -19,7 +19,7 @@ from cachetools import TLRUCache
 from limits.aio.storage import Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 
-from . import Cached, Clock, Limit, State, Verdict, Window
+from . import Cached, Clock, Hold, Limit, State, Verdict, Window
 
 MAX_COUNTERS = 100_000  # live rate-limit windows kept (~50 MB); past that, the least recently seen client's goes
 ENTRY_OVERHEAD = 512  # bytes counted per cached answer beyond its body and headers (key, objects)
@@ -60,6 +60,29 @@ class MemoryState(State):
             for c, limit in zip(found, limits, strict=True)
         )
         return Verdict(not refused, windows, refused)
+
+    async def reserve(self, key: str, amount: int, limit: int, period: float) -> Hold:
+        """Budgets share the rate-limit counters (``[total, window end]``, bounded, least recently used out); no
+        ``await`` between the test and the count, so concurrent reservations cannot overspend."""
+        now = self.now()
+        counter = self.counters.live(key)
+        spent = 0 if counter is None else int(counter[0])
+        if spent + amount > limit:
+            end = now + period if counter is None else counter[1]
+            return Hold(False, key, 0, spent, end - now, end)
+        if counter is None:
+            counter = self.counters.start(key, period, now)
+        counter[0] += amount
+        return Hold(True, key, amount, int(counter[0]), counter[1] - now, counter[1])
+
+    async def settle(self, hold: Hold, actual: int) -> Hold:
+        now = self.now()
+        counter = self.counters.live(hold.key)
+        if hold.admitted and counter is not None and counter[1] == hold.window:
+            counter[0] = max(0, counter[0] - hold.amount + actual)
+        if counter is None:
+            return Hold(hold.admitted, hold.key, actual, 0, 0.0, hold.window)
+        return Hold(hold.admitted, hold.key, actual, int(counter[0]), counter[1] - now, hold.window)
 
     async def cache_get(self, key: str) -> Cached | None:
         return self.answers.get(key)
