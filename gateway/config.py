@@ -20,12 +20,14 @@ from .config_reader import ValueReader, show_value
 from .errors import STYLES
 from .forward.proxy import ProxyError, parse_proxy
 from .origins import ANY, parse_origin
-from .paths import PLACEHOLDER, PathSyntaxError, Segment, params_of, parse_forward_path
+from .paths import PLACEHOLDER, PLACEHOLDER_ENV, PathSyntaxError, Segment, params_of, parse_forward_path
 from .secrets import Environment, Secret, redact
 from .units import Rate, parse_budget, parse_duration, parse_rate, parse_size
 from .yamlsource import ConfigError, YamlPath, load_yaml
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+UPSTREAM_KEYS = ("url", "timeout", "retries", "inject", "forward_headers", "expose_headers", "errors",
+                 "max_connections", "proxy")
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ class _Reader(ValueReader):
             if state not in (None, "memory"):
                 self.fail(("state",), f"{state!r}: only in-memory state (state: memory) is supported in this version")
         server = self.server(top.get("server"))
+        self.prefix = server.prefix  # forward keys are relative to it
         clients = self.clients(top.get("clients"))
         upstreams = self.upstreams(top.get("upstreams"))
         # check forwards against every declared upstream, even one with its own problems (reported there)
@@ -279,9 +282,11 @@ class _Reader(ValueReader):
 
     def upstream(self, name: str, value: Any) -> UpstreamConfig | None:
         path: YamlPath = ("upstreams", name)
-        known = ("url", "timeout", "retries", "inject", "forward_headers", "expose_headers", "errors",
-                 "max_connections", "proxy")
-        raw = self.mapping(value, path, known)
+        if name in UPSTREAM_KEYS + ("query", "headers") and not (isinstance(value, dict) and "url" in value):
+            where = "under an upstream's inject:" if name in ("query", "headers") else "inside an upstream"
+            self.fail(path, f"{name!r} is read as the name of an upstream: it belongs {where}; indent it there")
+            return None
+        raw = self.mapping(value, path, UPSTREAM_KEYS)
         if value is not None and not isinstance(value, dict):
             return None
         url = None
@@ -349,6 +354,15 @@ class _Reader(ValueReader):
         except PathSyntaxError as exc:
             self.fail(path, f"{key!r}: {exc}")
             segments, ok = (), False
+        prefix = self.prefix.strip("/")
+        if key.startswith("/") or prefix and (key.strip("/") + "/").startswith(prefix + "/"):
+            # "/api/openai/[...path]" would be mounted at /api/api/openai/...: keys are relative to the prefix
+            relative = key.strip("/")
+            relative = relative[len(prefix):].lstrip("/") if prefix and (relative + "/").startswith(prefix + "/") \
+                else relative
+            self.fail(path, f"{key!r}: forward keys are relative to the prefix {self.prefix or '/'}: write "
+                            f"{relative or '(the prefix itself: an empty key)'!r}")
+            ok = False
         upstream = self.string(raw["upstream"], (*path, "upstream")) if "upstream" in raw else None
         if "upstream" not in raw:
             self.fail(path, "missing 'upstream': name one of the entries under upstreams:")
@@ -360,7 +374,14 @@ class _Reader(ValueReader):
             self.fail((*path, "upstream"), f"unknown upstream {upstream!r}: {fix}")
             ok = False
         default_path = "/" + "/".join(f"{{{s.value}}}" if s.kind else s.value for s in segments)
-        target = self.string(raw.get("path", default_path), (*path, "path"))
+        written = raw.get("path", default_path)
+        params = set(params_of(segments))
+        if isinstance(written, str) and (env_param := next((n for n in PLACEHOLDER_ENV.findall(written)
+                                                            if n in params), None)):
+            self.fail((*path, "path"), f"${{{env_param}}} reads the environment variable {env_param}: for the route "
+                                       f"parameter write {{{env_param}}}")
+            written, ok = None, False
+        target = self.string(written, (*path, "path")) if written is not None else None
         if target is not None and not self.target_path(target, key, segments, (*path, "path")):
             ok = False
         methods = self.methods(raw.get("methods", ["GET"]), (*path, "methods"))

@@ -7,6 +7,7 @@ config's sections are read by its subclass in ``config.py``.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,6 +15,16 @@ from .secrets import Environment, MissingVariable, Secret
 from .yamlsource import Problem, YamlDocument, YamlPath, dotted
 
 T = TypeVar("T")
+# keys of nested sections, and the section they belong in: found one level too high, the fix is to indent it
+NESTED = {
+    **dict.fromkeys(("query", "headers"), "inject"),
+    **dict.fromkeys(("origins", "credentials", "max_age"), "cors"),
+    **dict.fromkeys(("jwks_url", "issuer", "audience", "algorithms", "leeway", "cookie", "forward_claims", "lazy"),
+                    "jwt"),
+    **dict.fromkeys(("drop", "select"), "response"),
+    **dict.fromkeys(("allow", "cap", "budget"), "guard"),
+}
+_BARE_VAR = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")  # $VAR without braces (${VAR} is the syntax)
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -25,6 +36,7 @@ class ValueReader:
         self.env = env
         self.problems: list[Problem] = []
         self.secrets: set[str] = set()
+        self._known: dict[YamlPath, tuple[str, ...]] = {}  # the keys each mapping read so far may hold
         for dup_path, line in doc.duplicates:
             self.problems.append(Problem(doc.file, line, dotted(dup_path), "duplicate key: remove one of them"))
 
@@ -39,16 +51,30 @@ class ValueReader:
         if not isinstance(value, dict):
             self.fail(path, f"expected a mapping of {', '.join(known)}, got {show_value(value)}")
             return {}
+        self._known[path] = known
         for key in value:
             if str(key) not in known:
-                hint = difflib.get_close_matches(str(key), known, n=1)
-                fix = f"did you mean {hint[0]!r}?" if hint else f"known keys: {', '.join(known)}"
-                self.fail((*path, str(key)), f"unknown key {str(key)!r}: {fix}")
+                self.fail((*path, str(key)), f"unknown key {str(key)!r}: {self._fix(str(key), path, known)}")
         return {str(k): v for k, v in value.items() if str(k) in known}
+
+    def _fix(self, key: str, path: YamlPath, known: tuple[str, ...]) -> str:
+        """How to mend an unknown key: often a known key at the wrong indentation, else a typo."""
+        home = NESTED.get(key)
+        if home is not None and home in known:
+            return f"it belongs under {home}: indent it there"
+        parent = self._known.get(path[:-1]) if path else None
+        if parent is not None and key in parent:
+            return f"it belongs one level up, beside {dotted(path)}: indent it less"
+        hint = difflib.get_close_matches(key, known, n=1)
+        return f"did you mean {hint[0]!r}?" if hint else f"known keys: {', '.join(known)}"
 
     def string(self, value: Any, path: YamlPath, *, secret: bool = False) -> str | None:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             self.fail(path, f"expected a string, got {show_value(value)}")
+            return None
+        if secret and (bare := _BARE_VAR.search(str(value))):
+            name = bare[1]  # "Bearer $OPENAI_API_KEY" would send that very text upstream, not the key
+            self.fail(path, f"${name} is sent as written, not read from the environment: write ${{{name}}}")
             return None
         try:
             text, used = self.env.interpolate(str(value))

@@ -11,6 +11,7 @@ _CATCH = re.compile(r"^\[\.\.\.([A-Za-z_][A-Za-z0-9_]*)\]$")
 _OPTIONAL = re.compile(r"^\[\[\.\.\.([A-Za-z_][A-Za-z0-9_]*)\]\]$")
 _STATIC = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@-]+$")
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+PLACEHOLDER_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")  # ${name}: an environment variable
 
 
 class Kind(IntEnum):

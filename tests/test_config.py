@@ -217,6 +217,31 @@ NO_URL = "missing 'url': give the upstream's base URL, e.g. url: https://api.exa
 
 MISTAKES = [
     # unknown keys, with a did-you-mean when one is close
+    # a known key at the wrong indentation says so (issue: a newcomer's first hour)
+    ("clients:\n  origins: [https://a.example]\n",
+     "config.yaml:2: clients.origins: unknown key 'origins': it belongs under cors: indent it there"),
+    ("upstreams:\n  w:\n    url: https://w.example\n    inject: {}\n    headers: {A: b}\n",
+     "config.yaml:5: upstreams.w.headers: unknown key 'headers': it belongs under inject: indent it there"),
+    ("upstreams:\n  w:\n    url: https://w.example\n    inject:\n      timeout: 5s\n",
+     "config.yaml:5: upstreams.w.inject.timeout: unknown key 'timeout': it belongs one level up, beside "
+     "upstreams.w.inject: indent it less"),
+    ("upstreams:\n  w: { url: https://w.example }\n  headers: { A: b }\n",
+     "config.yaml:3: upstreams.headers: 'headers' is read as the name of an upstream: it belongs under an "
+     "upstream's inject:; indent it there"),
+    # $VAR without braces in a secret is sent as written
+    ("upstreams:\n  w:\n    url: https://w.example\n    inject: { headers: { Authorization: \"Bearer $KEY\" } }\n",
+     "config.yaml:4: upstreams.w.inject.headers.Authorization: $KEY is sent as written, not read from the "
+     "environment: write ${KEY}"),
+    ("clients:\n  api_keys: [$CLIENT_KEY]\n",
+     "config.yaml:2: clients.api_keys[0]: $CLIENT_KEY is sent as written, not read from the environment: write "
+     "${CLIENT_KEY}"),
+    # forward keys are relative to the prefix; ${param} is not {param}
+    ("upstreams:\n  w: { url: https://w.example }\nforwards:\n  /api/w/[...p]: { upstream: w, path: '/{p}' }\n",
+     "config.yaml:4: forwards./api/w/[...p]: '/api/w/[...p]': forward keys are relative to the prefix /api: "
+     "write 'w/[...p]'"),
+    ("upstreams:\n  w: { url: https://w.example }\nforwards:\n  w/[city]: { upstream: w, path: '/q?c=${city}' }\n",
+     "config.yaml:4: forwards.w/[city].path: ${city} reads the environment variable city: for the route "
+     "parameter write {city}"),
     ("sever:\n  port: 8080\n", "config.yaml:1: sever: unknown key 'sever': did you mean 'server'?"),
     ("server:\n  prot: 8080\n", "config.yaml:2: server.prot: unknown key 'prot': did you mean 'port'?"),
     ("server:\n  colour: red\n", f"config.yaml:2: server.colour: unknown key 'colour': known keys: {SERVER_KEYS}"),
