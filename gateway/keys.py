@@ -19,9 +19,11 @@ class Facts:
     route: str  # the route pattern ("/api/post/[pid]"), never the raw path
     upstream: str | None = None  # the upstream's name
     upstream_status: int | None = None
+    upstream_ms: float | None = None  # from sending upstream to its response headers (the last attempt's)
     cache: str | None = None  # "HIT" or "MISS" when the route is cached
     client: str | None = None  # the client identity ("key:3f2a...", "sub:...", "ip:..."), never a key or a token
     tokens: int | None = None  # model tokens spent, when a budget counts them
+    streamed: bool = False  # the answer was streamed (set by the observe step when it is prepared)
 
 
 # headers every answer to this request carries, errors and streams included (CORS, RateLimit, ...); merged into

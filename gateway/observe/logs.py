@@ -1,0 +1,91 @@
+"""Log set-up: JSON lines (python-json-logger), access log on stdout, the rest on stderr; readable lines for dev.
+
+    {"time": "2025-01-02T03:04:05.678Z", "level": "INFO", "logger": "gateway.access", "message": "GET /api/user 200",
+     "request_id": "9f2c...", "method": "GET", "route": "/api/user", "status": 200, "duration_ms": 1.4, ...}
+
+Every string in a record passes through ``scrub`` just before it is written, whatever logged it: a handler's
+exception text or a library's message can quote a secret, and this is the one place all of them go through.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+ACCESS = "gateway.access"
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+def _no_scrub(text: str) -> str:
+    return text
+
+
+class JsonLines(JsonFormatter):
+    """One JSON object per record: time (UTC, ms), level, logger, message, then the record's ``extra`` fields."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+        self.scrub: Callable[[str], str] = _no_scrub
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - stdlib name
+        return _utc(record.created).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        scrub = self.scrub
+        return {key: scrub(value) if isinstance(value, str) else value for key, value in log_data.items()}
+
+
+class DevLines(logging.Formatter):
+    """``gateway dev``: one readable line per record, ``12:00:01 INFO message key=value ...`` (a traceback follows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scrub: Callable[[str], str] = _no_scrub
+
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _RECORD_FIELDS and v is not None)
+        when = _utc(record.created).astimezone().strftime("%H:%M:%S")
+        line = f"{when} {record.levelname:<7} {record.getMessage()}" + (f"  {extra}" if extra else "")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return self.scrub(line)
+
+
+def _utc(created: float) -> datetime:
+    return datetime.fromtimestamp(created, tz=UTC)
+
+
+def setup_logging(*, dev: bool = False, level: int = logging.INFO) -> JsonLines | DevLines:
+    """Route every log record through one formatter: the access log to stdout, everything else to stderr.
+
+    Returns the formatter, whose ``scrub`` the caller sets once the config (and so the secrets) is known.
+    """
+    formatter: JsonLines | DevLines = DevLines() if dev else JsonLines()
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(errors)
+    root.setLevel(level)
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(formatter)
+    access = logging.getLogger(ACCESS)
+    for old in list(access.handlers):
+        access.removeHandler(old)
+    access.addHandler(out)
+    access.propagate = False  # stdout only: the access log is data, the rest is diagnostics
+    access.setLevel(logging.INFO)
+    logging.getLogger("aiohttp.access").disabled = True  # the gateway writes its own access lines
+    return formatter
+
+
+__all__ = ["ACCESS", "DevLines", "JsonLines", "setup_logging"]
