@@ -31,6 +31,7 @@ class ServerConfig:
     workers: int = 1
     max_body: int = 1024**2
     shutdown_grace: float = 10.0
+    metrics: str | None = "/metrics"  # where GET serves Prometheus text; None: off
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,8 @@ class _Reader(ValueReader):
 
     def server(self, value: Any) -> ServerConfig:
         path: YamlPath = ("server",)
-        raw = self.mapping(value, path, ("host", "port", "prefix", "routes", "workers", "max_body", "shutdown_grace"))
+        known = ("host", "port", "prefix", "routes", "workers", "max_body", "shutdown_grace", "metrics")
+        raw = self.mapping(value, path, known)
         out: dict[str, Any] = {}
         if "host" in raw:
             out["host"] = self.string(raw["host"], (*path, "host"))
@@ -155,7 +157,29 @@ class _Reader(ValueReader):
             out["max_body"] = self.converted(raw["max_body"], (*path, "max_body"), parse_size)
         if "shutdown_grace" in raw:
             out["shutdown_grace"] = self.converted(raw["shutdown_grace"], (*path, "shutdown_grace"), parse_duration)
-        return ServerConfig(**{k: v for k, v in out.items() if v is not None})
+        config = ServerConfig(**{k: v for k, v in out.items() if v is not None})
+        if "metrics" in raw:
+            config = replace(config, metrics=self.metrics_path(raw["metrics"], (*path, "metrics"), config.prefix))
+        return config
+
+    def metrics_path(self, value: Any, path: YamlPath, prefix: str) -> str | None:
+        """``/metrics`` (the default), another path outside the prefix, or ``false`` for no metrics endpoint."""
+        if value is False or value is True:
+            return "/metrics" if value else None
+        text = self.string(value, path)
+        if text is None:
+            return "/metrics"
+        fix = "give a path such as /metrics, or false to turn metrics off"
+        if not text.startswith("/") or "//" in text or any(c in text for c in "?#[]{}% \\"):
+            self.fail(path, f"{text!r} is not a path: {fix}")
+        elif text.rstrip("/") in ("", "/healthz", "/readyz"):
+            self.fail(path, f"{text!r} is taken by the gateway itself: {fix}")
+        elif prefix and (text == prefix or text.startswith(prefix + "/")):
+            self.fail(path, f"{text!r} is under the prefix {prefix}, where routes are served: choose a path outside "
+                            "it, such as /metrics")
+        else:
+            return text.rstrip("/")
+        return "/metrics"
 
     def clients(self, value: Any) -> ClientsConfig:
         path: YamlPath = ("clients",)
