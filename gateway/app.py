@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from aiohttp import web, web_response
 
@@ -25,9 +27,11 @@ from .errors import (
 from .file_routes import FileEndpoint
 from .forward.endpoint import ForwardEndpoint
 from .forward.scrub import Scrubber
-from .forward.sessions import upstream_sessions
+from .forward.sessions import UPSTREAMS, build_upstreams, upstream_sessions
+from .forward.upstream import Upstream
+from .observe import METRICS, OBSERVER, Metrics, Observer, metrics_handler, observe, stream_opened
 from .request_id import add_request_id
-from .routing import FallbackResource, GatewayResource, Handler, RouteConflict, RouteTable
+from .routing import Endpoint, FallbackResource, GatewayResource, Handler, RouteConflict, RouteTable
 
 log = logging.getLogger("gateway")
 SERVER_HEADER = "gateway"  # a fixed generic word: no software name, no version
@@ -38,11 +42,13 @@ class Runtime:
     scrubber: Scrubber
     debug: bool = False
     draining: bool = False
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)  # old pools closing after a reload
 
 
 CONFIG = web.AppKey("config", Config)
 RUNTIME = web.AppKey("runtime", Runtime)
 TABLE = web.AppKey("table", RouteTable)
+RESOURCE = web.AppKey("resource", GatewayResource)
 
 
 class StartupError(Exception):
@@ -85,19 +91,64 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     scrubber = Scrubber(config.secret_values)  # one for the app: upstream bodies, headers and our own log lines
     app[RUNTIME] = Runtime(scrubber, debug=debug)
     app[TABLE] = table
+    metrics = Metrics() if config.server.metrics else None
+    app[OBSERVER] = observer = Observer(metrics)
     app.router.add_route("*", "/healthz", guard(healthz))
     app.router.add_route("*", "/readyz", guard(readyz))
-    keys = config.clients.api_keys
-    protect = require_api_key(keys) if keys else None
-    app.router.register_resource(GatewayResource(table, redirect_trailing_slash, wrap=guard, protect=protect))
+    if metrics is not None and config.server.metrics:
+        app[METRICS] = metrics
+        app.router.add_route("*", config.server.metrics, guard(metrics_handler))
+    resource = GatewayResource(table, redirect_trailing_slash, wrap=guard, build=edge_stacks(config, observer))
+    app[RESOURCE] = resource
+    app.router.register_resource(resource)
     app.router.register_resource(FallbackResource(guard(not_found)))  # last: whatever nothing else matched
     # aiohttp sets "Server: Python/3.x aiohttp/3.x" on every response that has none, also on a request it cannot
     # parse (before any app code runs): replacing that default is the one way to keep software and version out.
     web_response.SERVER_SOFTWARE = SERVER_HEADER
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(stream_opened(observer))
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(upstream_sessions(config, scrubber))
     return app
+
+
+def edge_stacks(config: Config, observer: Observer) -> Callable[[Endpoint], Handler]:
+    """Each endpoint's handler: errors rendered (guard) -> observed -> client key checked -> the endpoint."""
+    keys = config.clients.api_keys
+    protect = require_api_key(keys) if keys else None
+
+    def build(endpoint: Endpoint) -> Handler:
+        handler = endpoint.handle if endpoint.public or protect is None else protect(endpoint.handle)
+        step = observe(observer, route=endpoint.pattern)
+
+        async def observed(request: web.Request) -> web.StreamResponse:
+            return await step(request, handler)
+
+        return guard(observed)
+
+    return build
+
+
+def swap(app: web.Application, config: Config, table: RouteTable) -> None:
+    """SIGHUP: new requests are answered from ``config`` and ``table`` with new upstream pools; requests already
+    running finish on the old ones, whose pools are closed once those requests are over."""
+    runtime = app[RUNTIME]
+    # first: on a new prefix it raises ValueError before anything has changed
+    app[RESOURCE].swap(table, edge_stacks(config, app[OBSERVER]))
+    runtime.scrubber = Scrubber(config.secret_values)
+    upstreams = app[UPSTREAMS]  # the same dict, filled anew: the running app cannot take a new one
+    old = list(upstreams.values())
+    upstreams.clear()
+    upstreams.update(build_upstreams(config, runtime.scrubber))
+    task = asyncio.ensure_future(_retire(app[OBSERVER], old))
+    runtime.retiring.add(task)
+    task.add_done_callback(runtime.retiring.discard)
+
+
+async def _retire(observer: Observer, upstreams: list[Upstream]) -> None:
+    await observer.settled()
+    for upstream in upstreams:
+        await upstream.pool.close()
 
 
 def guard(handler: Handler) -> Handler:
@@ -170,4 +221,5 @@ async def _start_draining(app: web.Application) -> None:
     app[RUNTIME].draining = True
 
 
-__all__ = ["CONFIG", "RUNTIME", "TABLE", "StartupError", "build_table", "create_app", "RouteFileError"]
+__all__ = ["CONFIG", "RESOURCE", "RUNTIME", "TABLE", "StartupError", "build_table", "create_app", "RouteFileError",
+           "swap"]

@@ -145,6 +145,10 @@ def _as_is(handler: Handler) -> Handler:
     return handler
 
 
+def _handle(endpoint: Endpoint) -> Handler:
+    return endpoint.handle
+
+
 class GatewayResource(AbstractResource):
     """One aiohttp resource answering everything under the prefix from the RouteTable.
 
@@ -152,16 +156,21 @@ class GatewayResource(AbstractResource):
     """
 
     def __init__(self, table: RouteTable, redirect: Handler, *, wrap: Callable[[Handler], Handler] = _as_is,
-                 protect: Callable[[Handler], Handler] | None = None) -> None:
+                 build: Callable[[Endpoint], Handler] = _handle) -> None:
         super().__init__(name=None)
-        self._table = table
         self._prefix = table.prefix
-        self._routes = {
-            id(e): ResourceRoute("*", wrap(e.handle if e.public or protect is None else protect(e.handle)), self)
-            for e in table.endpoints
-        }
         self._redirect = ResourceRoute("*", wrap(redirect), self)
         self._bad_path = ResourceRoute("*", wrap(_bad_path), self)
+        self.swap(table, build)
+
+    def swap(self, table: RouteTable, build: Callable[[Endpoint], Handler]) -> None:
+        """Answer new requests from ``table``, each endpoint's handler made by ``build`` (its edge stack); a request
+        already routed keeps the handler it got. The prefix cannot change: aiohttp's router indexes it."""
+        if table.prefix != self._prefix:
+            raise ValueError(f"the prefix cannot change from {self._prefix!r} to {table.prefix!r} while serving")
+        routes = {id(e): ResourceRoute("*", build(e), self) for e in table.endpoints}
+        # resolve() never awaits, so it sees the old attributes or the new ones, never a mix
+        self._table, self._routes = table, routes
         self._allowed = {m for e in table.endpoints for m in e.methods} | {"HEAD", "OPTIONS"}
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..config import Config, ForwardConfig
 from ..errors import MethodNotAllowed, PayloadTooLarge
+from ..keys import FACTS
 from ..paths import pattern_of
 from ..routing import MATCH
 from .body import body_headers, request_body
@@ -59,7 +60,7 @@ class ForwardEndpoint:
         if body is not None:
             headers.update(body_headers(request))
         try:
-            up = await upstream.send(method, url, headers, body)
+            up = await upstream.send(method, url, headers, body, request.get(FACTS))
         except Exception:
             if body is not None and body.exceeded:
                 raise PayloadTooLarge(f"the request body is larger than the limit of {self._max_body} bytes") from None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 
 import aiohttp
 
 from ..errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from .client import BadHeader
+
+log = logging.getLogger("gateway.upstream")
 
 
 class upstream_errors:  # noqa: N801 - used like a function: ``with upstream_errors(name): ...``
@@ -27,8 +30,11 @@ class upstream_errors:  # noqa: N801 - used like a function: ``with upstream_err
         if issubclass(kind, BadHeader):
             raise BadRequest(f"a request header cannot be passed on to upstream {self.name!r}: {exc}") from None
         if issubclass(kind, TimeoutError | aiohttp.ServerTimeoutError):
+            log.warning("upstream %s: timeout", self.name, extra={"upstream": self.name, "reason": "timeout"})
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from None
         if issubclass(kind, aiohttp.ClientError | OSError):
+            reason = f"{kind.__name__}: {exc}" if str(exc) else kind.__name__  # refused, DNS, TLS, reset
+            log.warning("upstream %s: %s", self.name, reason, extra={"upstream": self.name, "reason": reason})
             raise UpstreamUnavailable(f"upstream {self.name!r} could not be reached") from None
         return False
 

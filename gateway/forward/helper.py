@@ -16,6 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..errors import BadRequest, InternalError, PayloadTooLarge
+from ..keys import FACTS
 from .body import body_headers, request_body
 from .client import Response
 from .headers import pick_request_headers
@@ -106,7 +107,7 @@ async def forward(
             body = request_body(req, req.client_max_size)
             out_headers.update(body_headers(req))
     try:
-        response = await up.send(method, url, out_headers, body)
+        response = await up.send(method, url, out_headers, body, req.get(FACTS))
     except Exception:
         if getattr(body, "exceeded", False):
             raise PayloadTooLarge(f"the request body is larger than the limit of {req.client_max_size} bytes") from None

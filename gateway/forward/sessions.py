@@ -15,22 +15,25 @@ from .upstream import Upstream
 UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
 
 
+def build_upstreams(config: Config, scrubber: Scrubber) -> dict[str, Upstream]:
+    """Every upstream of ``config`` with a new, empty connection pool."""
+    upstreams = {}
+    for name, upstream in config.upstreams.items():
+        rewriter = UrlRewriter(upstream, config.forwards, config.server.prefix)
+        upstreams[name] = Upstream(upstream, Pool(upstream.url), scrubber, rewriter)
+    return upstreams
+
+
 def upstream_sessions(config: Config, scrubber: Scrubber) -> Callable[[web.Application], AsyncIterator[None]]:
     """The cleanup_ctx that owns every upstream's connection pool for the life of the app."""
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:
-        pools = []
-        upstreams = {}
-        for name, upstream in config.upstreams.items():
-            pool = Pool(upstream.url)
-            pools.append(pool)
-            rewriter = UrlRewriter(upstream, config.forwards, config.server.prefix)
-            upstreams[name] = Upstream(upstream, pool, scrubber, rewriter)
-        app[UPSTREAMS] = upstreams
+        app[UPSTREAMS] = build_upstreams(config, scrubber)
         try:
             yield
         finally:
-            for pool in pools:
-                await pool.close()
+            # the pools serving now: a reload (app.swap) may have replaced the dict's contents since start-up
+            for upstream in app[UPSTREAMS].values():
+                await upstream.pool.close()
 
     return sessions
