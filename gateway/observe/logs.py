@@ -1,6 +1,6 @@
 """Log set-up: JSON lines (python-json-logger), access log on stdout, the rest on stderr; readable lines for dev.
 
-    {"time": "2025-01-02T03:04:05.678Z", "level": "INFO", "logger": "gateway.access", "message": "GET /api/user 200",
+    {"time": "2025-01-02T03:04:05.678Z", "level": "INFO", "logger": "gateway.access", "pid": 7, "message": "GET ...",
      "request_id": "9f2c...", "method": "GET", "route": "/api/user", "status": 200, "duration_ms": 1.4, ...}
 
 Every string in a record passes through ``scrub`` just before it is written, whatever logged it: a handler's
@@ -30,8 +30,8 @@ class JsonLines(JsonFormatter):
 
     def __init__(self) -> None:
         super().__init__(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",  # process: which worker wrote it
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
         )
         self.scrub: Callable[[str], str] = _no_scrub
 
@@ -51,7 +51,8 @@ class DevLines(logging.Formatter):
         self.scrub: Callable[[str], str] = _no_scrub
 
     def format(self, record: logging.LogRecord) -> str:
-        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _RECORD_FIELDS and v is not None)
+        fields = vars(record).items()
+        extra = " ".join(f"{k}={v}" for k, v in fields if k not in _RECORD_FIELDS and v is not None and v is not False)
         when = _utc(record.created).astimezone().strftime("%H:%M:%S")
         line = f"{when} {record.levelname:<7} {record.getMessage()}" + (f"  {extra}" if extra else "")
         if record.exc_info:
@@ -88,4 +89,12 @@ def setup_logging(*, dev: bool = False, level: int = logging.INFO) -> JsonLines 
     return formatter
 
 
-__all__ = ["ACCESS", "DevLines", "JsonLines", "setup_logging"]
+def use_scrubber(scrub: Callable[[str], str]) -> None:
+    """From now on every string the gateway's formatters write passes through ``scrub``."""
+    for logger in (logging.getLogger(), logging.getLogger(ACCESS)):
+        for handler in logger.handlers:
+            if isinstance(handler.formatter, JsonLines | DevLines):
+                handler.formatter.scrub = scrub
+
+
+__all__ = ["ACCESS", "DevLines", "JsonLines", "setup_logging", "use_scrubber"]
