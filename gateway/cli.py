@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -137,6 +138,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, *, debug: bool = False) -> int:
+    # SIGHUP's default action ends the process: until the server handles it (a reload), it is ignored
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     opened = _open(args)
     if opened is None:
         return 1

@@ -61,7 +61,8 @@ class Supervisor:
         self.failed = False
 
     def run(self) -> int:
-        signal.signal(signal.SIGCHLD, _ignore)  # a handler, so that a pending SIGCHLD is never discarded
+        for signum in (signal.SIGCHLD, signal.SIGHUP):  # a handler, so that a pending one is never discarded
+            signal.signal(signum, _ignore)
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # taken with sigtimedwait, one at a time
         try:
             for _ in range(self.workers):

@@ -12,6 +12,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -288,3 +290,54 @@ async def GET(req):
             client.join(WAIT)
     assert len(results) == 1 and results[0].status == 200
     assert json.loads(results[0].body) == {"readyz": 503}
+
+
+CRASHING = """\
+import sys
+from pathlib import Path
+
+import gateway.supervisor as supervisor
+from gateway.observe.logs import setup_logging
+from gateway.reload import Project
+
+setup_logging()
+supervisor.serve = lambda *args, **kwargs: 1  # every worker fails as it starts, as one that cannot listen would
+project = Project(Path("config.yaml"))
+config, table = project.load()
+sys.exit(supervisor.supervise(project, config, table, host="127.0.0.1", port=int(sys.argv[1]), workers=2,
+                              debug=False))
+"""
+
+
+def test_the_supervisor_gives_up_when_workers_keep_dying_at_start(tmp_path: Path) -> None:
+    """Real forks and signals; only the worker's body is replaced by one that exits 1 at once."""
+    (tmp_path / "config.yaml").write_text(CONFIG.format(grace="1s", port=9))
+    (tmp_path / "routes").mkdir()
+    (tmp_path / "crash.py").write_text(CRASHING)
+    result = subprocess.run([sys.executable, "crash.py", str(free_port())], cwd=tmp_path, env=clean_env(SVC_KEY=KEY),
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1, result.stderr
+    messages = [line["message"] for line in lines(result.stderr)]
+    assert "workers keep dying right after they start (5 in a row): stopping" in messages
+    restarts = [m for m in messages if "exited with 1; starting another in" in m]
+    assert [m.rpartition(" in ")[2] for m in restarts] == ["0.1s", "0.2s", "0.4s", "0.8s"]  # backing off
+
+
+def test_dev_prints_one_readable_line_per_record(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(CONFIG.format(grace="1s", port=9))
+    (tmp_path / "routes").mkdir()
+    (tmp_path / "routes" / "user.py").write_text(USER)
+    port = free_port()
+    with Server(PYTHON_M, "dev", "--port", str(port), cwd=tmp_path, env=clean_env(SVC_KEY=KEY), port=port) as server:
+        server.wait_ready()
+        assert get(port, "/api/user").status == 200
+        assert get(port, "/api/svc/x").status == 502
+        wait_until(lambda: "GET /api/svc/[...path] 502" in server.stdout, WAIT, "the access line", server.alive)
+        assert server.terminate() == 0
+    out = [line for line in server.stdout.splitlines() if "/api/" in line]
+    assert len(out) == 2
+    for line in out:
+        assert not line.startswith("{") and " INFO " in line and "duration_ms=" in line
+    assert "GET /api/user 200" in out[0] and "upstream=svc" in out[1]
+    assert "upstream svc: ConnectionError" in server.stderr
+    assert KEY not in server.stdout + server.stderr
