@@ -17,7 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from ..keys import FACTS, Facts
 from ..request_id import request_id
-from .logs import ACCESS
+from .logs import ACCESS, FIELDS
 from .metrics import METRICS, UNMATCHED, Metrics, method_label
 
 log = logging.getLogger(ACCESS)
@@ -50,7 +50,8 @@ def record(request: web.BaseRequest, status: int, seconds: float, sent: int | No
     route = facts.route if facts is not None else _route_without_facts(request)
     method = method_label(request.method)
     if log.isEnabledFor(logging.INFO):
-        log.info("%s %s %d", method, route, status, extra=_fields(request, method, route, status, seconds, sent, facts))
+        log.info("%s %s %d", method, route, status,
+                 extra={FIELDS: _fields(request, method, route, status, seconds, sent, facts)})
     if metrics is not None:
         _count(metrics, route, method, status, seconds, facts)
 

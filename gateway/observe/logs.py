@@ -18,7 +18,8 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 ACCESS = "gateway.access"
-_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+FIELDS = "fields"  # the attribute of an access record holding its fields: log.info(..., extra={FIELDS: {...}})
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "fields"}
 
 
 def _no_scrub(text: str) -> str:
@@ -38,7 +39,23 @@ class JsonLines(JsonFormatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - stdlib name
         return _utc(record.created).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        fields = record.__dict__.get(FIELDS)
+        if fields is None:
+            super().add_fields(log_data, record, message_dict)
+            return
+        # an access line (one per request): its fields come as one dict, so the record's other attributes need no
+        # walk (python-json-logger's merge of extras is most of a line's cost)
+        log_data.update(time=record.asctime, level=record.levelname, logger=record.name, pid=record.process,
+                        message=record.message)
+        log_data.update(fields)
+
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        if self.scrub is _no_scrub:
+            return log_data
+        joined = "\0".join(value for value in log_data.values() if isinstance(value, str))
+        if self.scrub(joined) == joined:  # one scan of the whole line: the common case, nothing to redact
+            return log_data
         scrub = self.scrub
         return {key: scrub(value) if isinstance(value, str) else value for key, value in log_data.items()}
 
@@ -51,7 +68,7 @@ class DevLines(logging.Formatter):
         self.scrub: Callable[[str], str] = _no_scrub
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = vars(record).items()
+        fields = {**vars(record), **vars(record).get(FIELDS, {})}.items()
         extra = " ".join(f"{k}={v}" for k, v in fields if k not in _RECORD_FIELDS and v is not None and v is not False)
         when = _utc(record.created).astimezone().strftime("%H:%M:%S")
         line = f"{when} {record.levelname:<7} {record.getMessage()}" + (f"  {extra}" if extra else "")
@@ -69,6 +86,11 @@ def setup_logging(*, dev: bool = False, level: int = logging.INFO) -> JsonLines 
 
     Returns the formatter, whose ``scrub`` the caller sets once the config (and so the secrets) is known.
     """
+    # what no line shows is not worked out per record (the logging HOWTO's "Optimization" list): a line per request
+    # makes this count
+    logging._srcfile = None  # caller's file, function and line
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     formatter: JsonLines | DevLines = DevLines() if dev else JsonLines()
     errors = logging.StreamHandler(sys.stderr)
     errors.setFormatter(formatter)
@@ -97,4 +119,4 @@ def use_scrubber(scrub: Callable[[str], str]) -> None:
                 handler.formatter.scrub = scrub
 
 
-__all__ = ["ACCESS", "DevLines", "JsonLines", "setup_logging", "use_scrubber"]
+__all__ = ["ACCESS", "FIELDS", "DevLines", "JsonLines", "setup_logging", "use_scrubber"]
