@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from aiohttp import web, web_response
 
@@ -16,14 +18,26 @@ from .file_routes import FileEndpoint
 from .forward.client import FROM_ENV, Pool
 from .forward.scrub import Scrubber
 from .forward.upstream import Upstream
-from .keys import CONFIG, RUNTIME, STATE, UPSTREAMS, Resources, Runtime
+from .keys import (
+    CONFIG,
+    FALLBACK,
+    METRICS,
+    OBSERVER,
+    RESOURCE,
+    RUNTIME,
+    STATE,
+    UPSTREAMS,
+    Resources,
+    Runtime,
+)
+from .observe import Metrics, Observer, metrics_handler, stream_opened
 from .pipeline.build import build_call, build_endpoint, build_fallback, build_health
 from .pipeline.endpoint import ForwardEndpoint
 from .pipeline.urlmap import UrlMapper
 from .pipeline.websocket import WebSocketEndpoint, WebSocketSessions
 from .request_id import add_request_id
-from .routing import FallbackResource, GatewayResource, RouteConflict, RouteTable, bad_path
-from .state import State, open_state
+from .routing import FallbackResource, GatewayResource, Handler, RouteConflict, RouteTable, bad_path
+from .state import open_state
 
 SERVER_HEADER = "gateway"  # a fixed generic word: no software name, no version
 
@@ -76,31 +90,73 @@ def build_table(config: Config) -> RouteTable:
 def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body)
     scrubber = Scrubber(config.secret_values)  # one for the app: upstream bodies, headers and our own log lines
-    upstreams = build_upstreams(config, scrubber)
-    websockets = WebSocketSessions()
-    state = open_state(cache_size=config.server.cache_size)
-    verifier = jwt_verifier(config.clients.jwt)
-    res = Resources(config, scrubber, upstreams, websockets, state, debug, verifier)
+    metrics = Metrics() if config.server.metrics else None
+    observer = Observer(metrics)
+    res = Resources(config, scrubber, build_upstreams(config, scrubber), WebSocketSessions(),
+                    open_state(cache_size=config.server.cache_size), debug, jwt_verifier(config.clients.jwt), observer)
     app[CONFIG] = config
-    app[RUNTIME] = Runtime(scrubber, debug=debug, max_response=config.server.max_response)
-    app[UPSTREAMS] = upstreams
-    app[STATE] = state
+    app[RUNTIME] = Runtime(scrubber, debug=debug, max_response=config.server.max_response, resources=res)
+    app[UPSTREAMS] = dict(res.upstreams)  # filled anew in place on a reload: the running app is frozen
+    app[STATE] = res.state
+    app[OBSERVER] = observer
     app.router.add_route("*", "/healthz", build_health(healthz, res))
     app.router.add_route("*", "/readyz", build_health(readyz, res))
-    handlers = {id(e): build_endpoint(e, res) for e in table.endpoints}
-    app.router.register_resource(GatewayResource(table, handlers, redirect=build_fallback(redirect_trailing_slash, res),
-                                                 bad_path=build_fallback(bad_path, res)))
-    app.router.register_resource(FallbackResource(build_fallback(not_found, res)))  # last: whatever nothing matched
+    if metrics is not None and config.server.metrics:
+        app[METRICS] = metrics
+        app.router.add_route("*", config.server.metrics, build_health(metrics_handler, res))
+    resource = GatewayResource(table, _handlers(table, res), redirect=build_fallback(redirect_trailing_slash, res),
+                               bad_path=build_fallback(bad_path, res))
+    app[RESOURCE] = resource
+    app.router.register_resource(resource)
+    fallback = FallbackResource(build_fallback(not_found, res))
+    app[FALLBACK] = fallback
+    app.router.register_resource(fallback)  # last: whatever nothing matched
     # aiohttp sets "Server: Python/3.x aiohttp/3.x" on every response that has none, also on a request it cannot
     # parse (before any app code runs): replacing that default is the one way to keep software and version out.
     web_response.SERVER_SOFTWARE = SERVER_HEADER
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(apply_answer_headers)  # what the edge steps put in ANSWER_HEADERS, on every answer
+    app.on_response_prepare.append(stream_opened(observer))  # an answer prepared before its handler ends: a stream
     app.on_shutdown.append(_start_draining)
-    app.cleanup_ctx.append(_close_pools(upstreams, websockets, state))
-    if verifier is not None:  # the JWKS is fetched before serving: start-up raises JwksUnavailable if it cannot be
-        app.cleanup_ctx.append(verifier.cleanup_ctx())
+    app.cleanup_ctx.append(_close_pools)
+    if res.jwt is not None:  # the JWKS is fetched before serving: start-up raises JwksUnavailable if it cannot be
+        app.cleanup_ctx.append(res.jwt.cleanup_ctx())
     return app
+
+
+def _handlers(table: RouteTable, res: Resources) -> dict[int, Handler]:
+    return {id(e): build_endpoint(e, res) for e in table.endpoints}
+
+
+def swap(app: web.Application, config: Config, table: RouteTable) -> None:
+    """SIGHUP: new requests are answered from ``config`` and ``table``, with new upstream pools; requests already
+    running finish on the old ones, whose pools are closed once those requests are over. The state (counters,
+    cached answers), the WebSocket client and the identity provider's keys are kept."""
+    resource = app[RESOURCE]
+    if table.prefix != resource.prefix:  # aiohttp's router indexes the prefix: refused before anything changes
+        raise ValueError(f"the prefix cannot change from {resource.prefix!r} to {table.prefix!r} while serving")
+    runtime = app[RUNTIME]
+    old = runtime.resources
+    assert old is not None  # set by create_app
+    scrubber = Scrubber(config.secret_values)
+    res = replace(old, config=config, scrubber=scrubber, upstreams=build_upstreams(config, scrubber))
+    resource.swap(table, _handlers(table, res), redirect=build_fallback(redirect_trailing_slash, res),
+                  bad_path=build_fallback(bad_path, res))
+    app[FALLBACK].swap(build_fallback(not_found, res))
+    runtime.scrubber, runtime.max_response, runtime.resources = scrubber, config.server.max_response, res
+    upstreams = app[UPSTREAMS]  # the same dict, filled anew: forward() finds the new pools from now on
+    retired = list(upstreams.values())
+    upstreams.clear()
+    upstreams.update(res.upstreams)
+    task = asyncio.ensure_future(_retire(res.observer, retired))
+    runtime.retiring.add(task)
+    task.add_done_callback(runtime.retiring.discard)
+
+
+async def _retire(observer: Observer, upstreams: list[Upstream]) -> None:
+    await observer.settled()
+    for upstream in upstreams:
+        await upstream.pool.close()
 
 
 def build_upstreams(config: Config, scrubber: Scrubber) -> dict[str, Upstream]:
@@ -119,21 +175,21 @@ def build_upstreams(config: Config, scrubber: Scrubber) -> dict[str, Upstream]:
     return upstreams
 
 
-def _close_pools(upstreams: dict[str, Upstream], websockets: WebSocketSessions,
-                 state: State) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The cleanup_ctx that owns every upstream's connection pool, the WebSocket client and the state (counters,
-    cached answers) for the life of the app."""
-
-    async def pools(app: web.Application) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            for upstream in upstreams.values():
-                await upstream.pool.close()
-            await websockets.close()
-            await state.close()
-
-    return pools
+async def _close_pools(app: web.Application) -> AsyncIterator[None]:
+    """The cleanup_ctx that owns every upstream's connection pool (those of the last reload), the WebSocket client
+    and the state (counters, cached answers) for the life of the app."""
+    try:
+        yield
+    finally:
+        runtime = app[RUNTIME]
+        res = runtime.resources
+        assert res is not None
+        if runtime.retiring:
+            await asyncio.gather(*runtime.retiring, return_exceptions=True)
+        for upstream in app[UPSTREAMS].values():
+            await upstream.pool.close()
+        await res.websockets.close()
+        await res.state.close()
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
@@ -171,4 +227,4 @@ async def _start_draining(app: web.Application) -> None:
     app[RUNTIME].draining = True
 
 
-__all__ = ["STATE", "StartupError", "build_table", "create_app", "RouteFileError"]
+__all__ = ["STATE", "StartupError", "build_table", "create_app", "RouteFileError", "swap"]

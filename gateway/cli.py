@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
-from .app import StartupError, build_table
 from .config import Config, load_config
+from .observe.logs import setup_logging
+from .reload import LoadError, Project, protect_logs
 from .routing import RouteTable
-from .secrets import redact
 from .yamlsource import ConfigError
 
 
@@ -61,29 +61,18 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 def load(args: argparse.Namespace) -> tuple[Config, RouteTable] | None:
     """Config and route table, or None after printing every problem."""
-    path = _config_path(args)
+    opened = _open(args)
+    return None if opened is None else opened[1:]
+
+
+def _open(args: argparse.Namespace) -> tuple[Project, Config, RouteTable] | None:
+    project = Project(_config_path(args))
     try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _print_problems([str(p) for p in exc.problems])
+        config, table = project.load()
+    except LoadError as exc:
+        _print_problems(exc.problems)
         return None
-    _load_dotenv(config)
-    try:
-        table = build_table(config)
-    except StartupError as exc:
-        # a route module's import error may quote os.environ: never print a secret's value
-        _print_problems([redact(problem, config.secret_values) for problem in exc.problems])
-        return None
-    return config, table
-
-
-def _load_dotenv(config: Config) -> None:
-    """Route modules read os.environ: give them the .env beside the config too, never overriding the real env."""
-    from dotenv import load_dotenv
-
-    dotenv = config.file.parent / ".env"
-    if dotenv.is_file():
-        load_dotenv(dotenv, override=False)
+    return project, config, table
 
 
 def _print_problems(problems: list[str]) -> None:
@@ -126,10 +115,12 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, *, debug: bool = False) -> int:
-    loaded = load(args)
-    if loaded is None:
+    # SIGHUP's default action ends the process: until the server handles it (a reload), it is ignored
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    opened = _open(args)
+    if opened is None:
         return 1
-    config, table = loaded
+    project, config, table = opened
     host = args.host or config.server.host
     port = args.port
     if port is None and os.environ.get("PORT"):
@@ -142,7 +133,9 @@ def _serve(args: argparse.Namespace, *, debug: bool = False) -> int:
     workers = args.workers or config.server.workers
     from .server import run
 
-    return run(config, table, host=host, port=port, workers=workers, debug=debug)
+    setup_logging(dev=debug)  # from here on every line is JSON (readable lines under `gateway dev`), scrubbed
+    protect_logs(project)
+    return run(project, config, table, host=host, port=port, workers=workers, debug=debug)
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -171,5 +164,4 @@ def _source_filter(change: watchfiles.Change, path: str) -> bool:  # noqa: F821 
 
 def _dev_child(argv: list[str]) -> None:
     args = _parser().parse_args(["serve", *argv])
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     raise SystemExit(_serve(args, debug=True))

@@ -43,6 +43,7 @@ class ServerConfig:
     shutdown_grace: float = 10.0
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # whose X-Forwarded-For counts
     cache_size: int = 64 * 1024**2  # bytes of cached answers kept, least recently used first out
+    metrics: str | None = "/metrics"  # where GET serves Prometheus text; None: off
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ class _Reader(ValueReader):
     def server(self, value: Any) -> ServerConfig:
         path: YamlPath = ("server",)
         known = ("host", "port", "prefix", "routes", "workers", "max_body", "max_response", "shutdown_grace",
-                 "trusted_proxies", "cache_size")
+                 "trusted_proxies", "cache_size", "metrics")
         raw = self.mapping(value, path, known)
         out: dict[str, Any] = {}
         if "host" in raw:
@@ -211,7 +212,10 @@ class _Reader(ValueReader):
             out["trusted_proxies"] = self.networks(raw["trusted_proxies"], (*path, "trusted_proxies"))
         if "cache_size" in raw:
             out["cache_size"] = self.converted(raw["cache_size"], (*path, "cache_size"), parse_size)
-        return ServerConfig(**{k: v for k, v in out.items() if v is not None or k == "routes"})
+        config = ServerConfig(**{k: v for k, v in out.items() if v is not None or k == "routes"})
+        if "metrics" in raw:
+            config = replace(config, metrics=self.metrics_path(raw["metrics"], (*path, "metrics"), config.prefix))
+        return config
 
     def networks(self, value: Any, path: YamlPath) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """``["10.0.0.0/8", "::1"]`` -> the networks; a host address is its own /32 or /128."""
@@ -233,6 +237,25 @@ class _Reader(ValueReader):
                 continue
             out.append(network)
         return tuple(out)
+
+    def metrics_path(self, value: Any, path: YamlPath, prefix: str) -> str | None:
+        """``/metrics`` (the default), another path outside the prefix, or ``false`` for no metrics endpoint."""
+        if value is False or value is True:
+            return "/metrics" if value else None
+        text = self.string(value, path)
+        if text is None:
+            return "/metrics"
+        fix = "give a path such as /metrics, or false to turn metrics off"
+        if not text.startswith("/") or "//" in text or any(c in text for c in "?#[]{}% \\"):
+            self.fail(path, f"{text!r} is not a path: {fix}")
+        elif text.rstrip("/") in ("", "/healthz", "/readyz"):
+            self.fail(path, f"{text!r} is taken by the gateway itself: {fix}")
+        elif prefix and (text == prefix or text.startswith(prefix + "/")):
+            self.fail(path, f"{text!r} is under the prefix {prefix}, where routes are served: choose a path outside "
+                            "it, such as /metrics")
+        else:
+            return text.rstrip("/")
+        return "/metrics"
 
     def clients(self, value: Any) -> ClientsConfig:
         path: YamlPath = ("clients",)

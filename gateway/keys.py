@@ -7,8 +7,9 @@ headers every answer must carry, what the access log will say); app keys hold th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -20,10 +21,16 @@ from .forward.upstream import Upstream
 from .state import State
 
 if TYPE_CHECKING:
+    from .observe.metrics import Metrics
+    from .observe.step import Observer
     from .pipeline.websocket import WebSocketSessions
+    from .routing import FallbackResource, GatewayResource
 
 if TYPE_CHECKING:
     from .edge.jwt import JwtVerifier
+    from .observe.metrics import Metrics
+    from .observe.step import Observer
+    from .routing import FallbackResource, GatewayResource
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +49,11 @@ class Facts:
     route: str  # the route pattern ("/api/post/[pid]"), never the raw path
     upstream: str | None = None  # the upstream's name
     upstream_status: int | None = None
+    upstream_ms: float | None = None  # from sending upstream to its response headers (the last attempt's)
     cache: str | None = None  # "HIT" or "MISS" when the route is cached
     client: str | None = None  # the client identity ("key:3f2a...", "sub:...", "ip:..."), never a key or a token
     tokens: int | None = None  # model tokens spent, when a budget counts them
+    streamed: bool = False  # the answer was streamed (set by the observe step when it is prepared)
 
 
 @dataclass
@@ -55,6 +64,8 @@ class Runtime:
     debug: bool = False
     draining: bool = False
     max_response: int = 16 * 1024 * 1024  # the most of an upstream answer read into memory
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)  # old upstream pools closing after a reload
+    resources: Resources | None = None  # what the edge stacks serving now were built from (swapped on a reload)
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,7 @@ class Resources:
     state: State  # rate-limit counters and cached answers
     debug: bool = False
     jwt: JwtVerifier | None = None  # clients.jwt: one verifier (and one cached JWKS) for every route
+    observer: Observer | None = None  # the access log's Facts, metrics, and the requests a reload waits for
 
 
 # -- the application ------------------------------------------------------------------------------------------
@@ -75,6 +87,11 @@ CONFIG = web.AppKey("config", Config)
 RUNTIME = web.AppKey("runtime", Runtime)
 UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])  # forward() finds its upstream's call chain here
 STATE = web.AppKey("state", State)  # rate-limit counters and cached answers (/readyz reports its backend)
+# typed by annotation only: their modules import this one
+RESOURCE: web.AppKey[GatewayResource] = web.AppKey("gateway.resource")  # the route table's resource (swapped)
+FALLBACK: web.AppKey[FallbackResource] = web.AppKey("gateway.fallback")  # the 404 of paths no route answers
+OBSERVER: web.AppKey[Observer] = web.AppKey("gateway.observer")
+METRICS: web.AppKey[Metrics] = web.AppKey("gateway.metrics")
 
 # -- one request ----------------------------------------------------------------------------------------------
 MATCH = web.RequestKey("gateway.match", Match)  # which route, and its parameters (set by the router)
@@ -87,3 +104,5 @@ REQUEST_ID = web.RequestKey("gateway.request_id", str)  # the X-Request-Id this 
 CLAIMS = web.RequestKey("gateway.claims", dict)  # a verified JWT's claims (handlers read req["claims"] too)
 HEAD_AS_GET = web.RequestKey("gateway.head_as_get", bool)  # a HEAD answered by the module's GET function
 PENDING = web.RequestKey("gateway.upstream_responses", list)  # forward() answers a handler has not returned
+STARTED = web.RequestKey("gateway.observe.started", float)  # perf_counter() when the observe step saw the request
+INSIDE = web.RequestKey("gateway.observe.inside", bool)  # the request is still inside its observe step

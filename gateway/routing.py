@@ -155,16 +155,29 @@ class GatewayResource(AbstractResource):
     def __init__(self, table: RouteTable, handlers: Mapping[int, Handler], *, redirect: Handler,
                  bad_path: Handler) -> None:
         super().__init__(name=None)
+        self._table: RouteTable | None = None
         self._redirect = ResourceRoute("*", redirect, self)
         self._bad_path = ResourceRoute("*", bad_path, self)
         self.swap(table, handlers)
 
-    def swap(self, table: RouteTable, handlers: Mapping[int, Handler]) -> None:
-        """Serve ``table`` from now on; requests already routed finish on the table they matched."""
-        self._table = table
-        self._prefix = table.prefix
-        self._routes = {id(e): ResourceRoute("*", handlers[id(e)], self) for e in table.endpoints}
-        self._allowed = {m for e in table.endpoints for m in e.methods} | {"HEAD", "OPTIONS"}
+    def swap(self, table: RouteTable, handlers: Mapping[int, Handler], *, redirect: Handler | None = None,
+             bad_path: Handler | None = None) -> None:
+        """Serve ``table`` from now on; a request already routed keeps the handler it got. The prefix cannot change:
+        aiohttp's router indexes it."""
+        if getattr(self, "_table", None) is not None and table.prefix != self._prefix:
+            raise ValueError(f"the prefix cannot change from {self._prefix!r} to {table.prefix!r} while serving")
+        routes = {id(e): ResourceRoute("*", handlers[id(e)], self) for e in table.endpoints}
+        allowed = {m for e in table.endpoints for m in e.methods} | {"HEAD", "OPTIONS"}
+        # resolve() never awaits, so it sees the old attributes or the new ones, never a mix
+        self._table, self._prefix, self._routes, self._allowed = table, table.prefix, routes, allowed
+        if redirect is not None:
+            self._redirect = ResourceRoute("*", redirect, self)
+        if bad_path is not None:
+            self._bad_path = ResourceRoute("*", bad_path, self)
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
         path = request.rel_url.raw_path
@@ -227,6 +240,9 @@ class FallbackResource(AbstractResource):
 
     def __init__(self, handler: Handler) -> None:
         super().__init__(name=None)
+        self._route = ResourceRoute("*", handler, self)
+
+    def swap(self, handler: Handler) -> None:
         self._route = ResourceRoute("*", handler, self)
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:

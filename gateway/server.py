@@ -1,94 +1,106 @@
-"""Run the app: uvloop, graceful SIGTERM within shutdown_grace, and N worker processes sharing the port."""
+"""Serve the app in this process: uvloop, the access log, SIGTERM drains within shutdown_grace, SIGHUP reloads.
+
+SIGTERM (or SIGINT): /readyz answers 503 at once, the listening socket is closed (no new connections), idle
+keep-alive connections are closed, requests and streams in flight get up to ``server.shutdown_grace`` to finish
+and are then cancelled; the process exits 0. With ``--workers N`` this runs in each worker (supervisor.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
 import signal
 import sys
+from collections.abc import Callable
+
+from aiohttp import web
 
 from .app import create_app
 from .config import Config
 from .edge.jwks import JwksUnavailable
-from .intake import run_app
+from .intake import GatewayRunner
+from .keys import RUNTIME
+from .observe.access import AccessLog
+from .observe.logs import ACCESS
+from .reload import Project, reload
 from .routing import RouteTable
 from .secrets import redact
 
 log = logging.getLogger("gateway")
 
 
-def run(config: Config, table: RouteTable, *, host: str, port: int, workers: int, debug: bool) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+def run(project: Project, config: Config, table: RouteTable, *, host: str, port: int, workers: int,
+        debug: bool) -> int:
     if workers <= 1:
-        return _serve_one(config, table, host, port, debug, reuse_port=False)
-    return _serve_many(config, table, host, port, debug, workers)
+        return serve(project, config, table, host=host, port=port, debug=debug)
+    from .supervisor import supervise
+
+    return supervise(project, config, table, host=host, port=port, workers=workers, debug=debug)
 
 
-def _serve_one(config: Config, table: RouteTable, host: str, port: int, debug: bool, *, reuse_port: bool) -> int:
+def serve(project: Project, config: Config, table: RouteTable, *, host: str, port: int, debug: bool,
+          reuse_port: bool = False) -> int:
     """Serve until SIGTERM/SIGINT: 0; 1 after one ``error:`` line when the port cannot be listened on."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
-        uvloop = None
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_serve(project, config, table, host, port, debug, reuse_port))
+
+
+async def _serve(project: Project, config: Config, table: RouteTable, host: str, port: int, debug: bool,
+                 reuse_port: bool) -> int:
     app = create_app(config, table, debug=debug)
-    # the host may be a secret's value (`server.host: ${KEY}` by mistake): every line printed is redacted
-    log.info(redact(f"gateway listening on http://{host}:{port}{config.server.prefix} ({len(table.endpoints)} routes)",
-                    config.secret_values))
+    runner = GatewayRunner(  # aiohttp's runner with the gateway's intake: JSON answers to malformed requests,
+        app,  # compressed request bodies decoded a bounded step at a time
+        handle_signals=False,  # ours below: SIGTERM also turns /readyz to 503 before anything else
+        shutdown_timeout=config.server.shutdown_grace,
+        handler_cancellation=True,  # a client that leaves cancels its upstream call
+        access_log_class=AccessLog,
+        access_log=logging.getLogger(ACCESS),
+    )
     try:
-        run_app(  # web.run_app with the gateway's intake: JSON answers to malformed requests, bounded decoding
-            app,
-            host=host,
-            port=port,
-            reuse_port=reuse_port or None,
-            shutdown_timeout=config.server.shutdown_grace,
-            handler_cancellation=True,  # a client that leaves cancels its upstream call
-            access_log=None,
-            print=None,
-            loop=uvloop.new_event_loop() if uvloop else None,
-        )
-    except JwksUnavailable as exc:  # clients.jwt: no key to verify tokens with, and lazy is not set
+        await runner.setup()  # runs the app's start-up: clients.jwt fetches the identity provider's keys here
+    except JwksUnavailable as exc:  # no key to verify tokens with, and lazy is not set
+        await runner.cleanup()
         print(f"error: {config.file.name}: clients.jwt.jwks_url: {exc}; fix it, or set clients.jwt.lazy: true to "
               "start without the keys", file=sys.stderr)
         return 1
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    try:
+        await site.start()
     except (OSError, OverflowError, UnicodeError) as exc:  # address in use, no such address, a label too long (idna)
+        await runner.cleanup()
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        # the host may be a secret's value (`server.host: ${KEY}` by mistake): every line printed is redacted
         print(redact(f"error: cannot listen on {host}:{port}: {reason}", config.secret_values), file=sys.stderr)
         return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, app, project)
+    log.info(redact(f"gateway listening on http://{host}:{port}{config.server.prefix} ({len(table.endpoints)} routes)",
+                    config.secret_values), extra={"routes": len(table.endpoints)})
+    await stop.wait()
+    app[RUNTIME].draining = True  # /readyz: 503 from now on
+    grace = config.server.shutdown_grace
+    log.info("shutting down: no new connections; requests in flight get up to %gs", grace)
+    await runner.cleanup()
+    log.info("stopped")
     return 0
 
 
-def _serve_many(config: Config, table: RouteTable, host: str, port: int, debug: bool, workers: int) -> int:
-    """Fork ``workers`` processes that all listen on the port (SO_REUSEPORT); pass SIGTERM/SIGINT on to them."""
-    children: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            try:
-                os.kill(child, signum)
-            except ProcessLookupError:
-                pass
-
-    # handlers first: a SIGTERM that arrives while forking still reaches every child already started
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # child: default signals until its event loop installs its own graceful handlers
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            code = 1
-            try:
-                code = _serve_one(config, table, host, port, debug, reuse_port=True)
-            finally:
-                os._exit(code)
-        children.append(pid)
-
-    status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    return 0 if status in (0, -signal.SIGTERM, -signal.SIGINT) else 1
+def _reload(app: web.Application, project: Project) -> None:
+    try:
+        reload(app, project)
+    except Exception:  # a bug in reloading must not take the serving process down with it
+        log.exception("reload failed; the old config keeps serving")
 
 
-__all__ = ["run"]
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
+        return None
+    return uvloop.new_event_loop
+
+
+__all__ = ["run", "serve"]

@@ -31,6 +31,8 @@ __all__ = ["IDEMPOTENT", "RETRYABLE_STATUS", "upstream_errors"]
 log = logging.getLogger("gateway.upstream")
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 
+log = logging.getLogger("gateway.upstream")
+
 
 class upstream_errors:  # noqa: N801 - used like a function: ``with upstream_errors(name): ...``
     """Context manager translating client exceptions; a plain class, as it sits on every request's path."""
@@ -70,4 +72,4 @@ def _log(name: str, exc: BaseException | None) -> None:
     # the client's own messages are worded safe; anything else (aiohttp's may quote a URL) only by its type
     ours = type(exc).__module__.startswith("gateway.") or type(exc).__module__ == "builtins"
     reason = (str(exc) if ours else "") or type(exc).__name__
-    log.warning("upstream %s failed: %s", name, reason[:200])
+    log.warning("upstream %s failed: %s", name, reason[:200], extra={"upstream": name, "reason": reason[:200]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..config import UpstreamConfig
@@ -16,6 +17,7 @@ from .errors import IDEMPOTENT, RETRYABLE_STATUS, upstream_errors
 from .scrub import Scrubber
 
 if TYPE_CHECKING:
+    from ..keys import Facts
     from ..pipeline.values import Call
 
 BACKOFF = 0.05  # seconds before the first retry; doubles each time, with full jitter
@@ -40,16 +42,23 @@ class Upstream:
         self.mapper = mapper  # maps Location/Link and body URLs under this upstream to gateway paths (or removes them)
         self.call: Call | None = None  # its call chain for forward(), assembled by the app at start-up
 
-    async def send(self, method: str, url: str, headers: dict[str, str], data: Any) -> Response:
+    async def send(self, method: str, url: str, headers: dict[str, str], data: Any, facts: Facts | None = None
+                   ) -> Response:
         """One call upstream. ``retries`` more attempts on a connect error or a 502/503/504 answer, for idempotent
-        methods with a replayable body only (never a POST or PATCH, never a streamed body), never on a timeout."""
+        methods with a replayable body only (never a POST or PATCH, never a streamed body), never on a timeout.
+        ``facts`` learns the upstream's name, status and latency (of the last attempt)."""
+        if facts is not None:
+            facts.upstream = self.name
         replayable = method in IDEMPOTENT and (data is None or isinstance(data, bytes | bytearray))
         attempts = 1 + (self.retries if replayable else 0)
         for attempt in range(attempts):
             last = attempt == attempts - 1
+            started = time.perf_counter()
             try:
                 with self.errors:
                     response = await self.pool.request(method, url, headers, data, self.timeout)
+                if facts is not None:
+                    facts.upstream_status, facts.upstream_ms = response.status, (time.perf_counter() - started) * 1000
             except UpstreamUnavailable:
                 if last:
                     raise

@@ -23,6 +23,7 @@ from ..edge.ratelimit import rate_limit, route_policies
 from ..edge.ws_credential import browser_credential
 from ..forward.upstream import Upstream
 from ..keys import Resources
+from ..observe import observe
 from ..origins import OriginPolicy
 from ..routing import Endpoint, Handler
 from ..state import State
@@ -44,7 +45,8 @@ def build_endpoint(endpoint: Endpoint, res: Resources) -> Handler:
     return chain(endpoint.terminal(res), [
         render_errors(res.scrubber, debug=res.debug,  # outermost: every step below may raise; all errors become JSON,
                       style=res.config.upstreams[endpoint.upstream].errors if endpoint.upstream else "gateway"),
-        # observe (access log, metrics): second, so it sees every answer, errors included      -- issue 9
+        observe(res.observer, route=endpoint.pattern) if res.observer else None,  # second: it sees every answer,
+        # errors included; it gives the request its Facts, which the access log and the metrics read
         cors(clients.cors, methods=endpoint.methods, allow_headers=_may_receive(endpoint, res),  # before auth and
              expose_headers=endpoint.exposes),  # the OPTIONS answer: a browser's preflight carries no key
         check_origin(_origins(res), enabled=endpoint.websocket),  # a WebSocket is not protected by CORS

@@ -23,7 +23,8 @@ def send(upstream: Upstream) -> Call:
 
     async def send(out: OutRequest) -> Answer:
         try:
-            response = await upstream.send(out.method, out.url, out.headers, out.body)  # type: ignore[arg-type]
+            response = await upstream.send(out.method, out.url, out.headers, out.body,  # type: ignore[arg-type]
+                                           out.facts)  # learns the upstream, its status and latency
         except Exception:
             if getattr(out.body, "exceeded", False):  # the upstream gave up while we cut the body: still a 413
                 raise PayloadTooLarge(f"the request body is larger than the limit of {out.body.limit} bytes") from None

@@ -1,0 +1,95 @@
+"""Prometheus metrics (prometheus-client): what is counted, and ``GET /metrics`` for the whole gateway.
+
+Labels are route patterns, upstream names, methods and statuses: never a raw path, a query or a header, so no
+client input (and no secret) becomes a label and the number of series stays bounded. With ``--workers N`` every
+worker writes its numbers to files in one private directory (prometheus-client's multiprocess mode) and whichever
+worker answers ``/metrics`` adds them all up.
+"""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from ..errors import MethodNotAllowed
+from ..keys import METRICS
+
+# up to a minute: a slow upstream or a long answer is what an operator looks for; streams land in +Inf
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "(unmatched)"  # the route label of a request no route answered: its raw path is never a label
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def enable_multiprocess(directory: str) -> None:
+    """From now on, metrics created in this process write to ``directory`` (call it in each worker, before
+    ``Metrics()``). prometheus-client picks its value class from this variable once, at import, which happened
+    before the supervisor forked: ask it again."""
+    os.environ[MULTIPROC_ENV] = directory
+    values.ValueClass = values.get_value_class()
+
+
+def forget_process(pid: int, directory: str) -> None:
+    """A dead worker's in-flight and open-stream gauges no longer count (its counters keep their totals)."""
+    mark_process_dead(pid, directory)
+
+
+class Metrics:
+    """Every metric the gateway exports, created once per process."""
+
+    def __init__(self) -> None:
+        self.directory = os.environ.get(MULTIPROC_ENV) or None
+        # multiprocess: values live in the directory's files, collected at scrape; otherwise in this registry
+        self.registry = CollectorRegistry()
+        reg = None if self.directory else self.registry
+        by_request = ("route", "method", "status")
+        self.requests = Counter("gateway_requests", "Requests answered, by route pattern, method and status",
+                                by_request, registry=reg)
+        self.duration = Histogram("gateway_request_duration_seconds",
+                                  "Time from request to the last byte of the answer", by_request,
+                                  buckets=BUCKETS, registry=reg)
+        self.upstream = Counter("gateway_upstream_responses", "Upstream answers by upstream and status "
+                                "('error' when none came: refused, timeout, TLS)", ("upstream", "status"),
+                                registry=reg)
+        self.upstream_duration = Histogram("gateway_upstream_duration_seconds",
+                                           "Time from sending to an upstream to its response headers", ("upstream",),
+                                           buckets=BUCKETS, registry=reg)
+        self.in_flight = Gauge("gateway_requests_in_flight", "Requests being handled now", registry=reg,
+                               multiprocess_mode="livesum")
+        self.streams = Gauge("gateway_open_streams", "Streamed answers (SSE, downloads) being sent now",
+                             registry=reg, multiprocess_mode="livesum")
+        self.cache = Counter("gateway_cache_lookups", "Cache lookups by route pattern and result (hit, miss)",
+                             ("route", "result"), registry=reg)
+        self.rate_limited = Counter("gateway_rate_limited", "Requests refused with 429 by the gateway's own limits",
+                                    ("route",), registry=reg)
+        self.tokens = Counter("gateway_tokens", "Model tokens spent, by route pattern and upstream",
+                              ("route", "upstream"), registry=reg)
+
+    def render(self) -> bytes:
+        if self.directory is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()  # a fresh one per scrape, as prometheus-client's multiprocess docs say
+        MultiProcessCollector(registry, path=self.directory)
+        return generate_latest(registry)
+
+
+def method_label(method: str) -> str:
+    """``GET`` -> ``GET``; a made-up method (any token is valid HTTP) -> ``other``: labels stay bounded."""
+    return method if method in METHODS else "other"
+
+
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text for the whole gateway. Needs no client key; not rate limited."""
+    if request.method not in ("GET", "HEAD"):
+        raise MethodNotAllowed(request.method, "GET, HEAD")
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
+
+__all__ = ["METRICS", "Metrics", "UNMATCHED", "enable_multiprocess", "forget_process", "method_label",
+           "metrics_handler"]

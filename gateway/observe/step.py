@@ -1,0 +1,85 @@
+"""The ``observe`` edge step: the request's Facts, in-flight and open-stream gauges, the requests a reload awaits.
+
+It sits right inside error rendering, so everything below it (auth refusals, rate limits, upstream failures) is
+seen; the line itself is written by ``AccessLog`` once the answer is sent (see access.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+
+from aiohttp import web
+
+from ..keys import FACTS, INSIDE, STARTED, Facts
+from .access import CLIENT_CLOSED, record
+from .metrics import Metrics
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Step = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+class Observer:
+    """Per process: the metrics (None when ``server.metrics: false``) and the requests now inside an edge stack."""
+
+    def __init__(self, metrics: Metrics | None) -> None:
+        self.metrics = metrics
+        self.running: set[asyncio.Task[object]] = set()
+
+    async def settled(self) -> None:
+        """Return once every request running now has finished (those started later are not waited for)."""
+        pending = {task for task in self.running if not task.done()}
+        if pending:
+            await asyncio.wait(pending)
+
+
+def observe(observer: Observer, *, route: str) -> Step:
+    """The step for the endpoint whose pattern is ``route`` (``/api/post/[pid]``). Always on: the access log needs
+    the Facts it creates even when metrics are off."""
+    metrics = observer.metrics
+    running = observer.running
+
+    async def step(request: web.Request, call_next: Handler) -> web.StreamResponse:
+        facts = request[FACTS] = Facts(route=route)
+        request[INSIDE] = True
+        task = asyncio.current_task()
+        if task is not None:
+            running.add(task)
+        if metrics is not None:
+            metrics.in_flight.inc()
+        started = request[STARTED] = perf_counter()
+        try:
+            return await call_next(request)
+        except asyncio.CancelledError:  # the client left (or shutdown_grace ran out): aiohttp logs no line for it
+            record(request, CLIENT_CLOSED, perf_counter() - started, None, metrics)
+            raise
+        finally:
+            request[INSIDE] = False
+            running.discard(task)  # type: ignore[arg-type]
+            if metrics is not None:
+                metrics.in_flight.dec()
+                if facts.streamed:
+                    metrics.streams.dec()
+
+    return step
+
+
+def stream_opened(observer: Observer) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An ``on_response_prepare`` hook: an answer prepared while its handler still runs is a stream (SSE, a
+    download, a WebSocket) and counts as open until the observe step sees the handler finish."""
+    metrics = observer.metrics
+
+    async def opened(request: web.Request, response: web.StreamResponse) -> None:
+        if isinstance(response, web.Response) or not request.get(INSIDE):
+            return
+        facts = request.get(FACTS)
+        if facts is not None and not facts.streamed:
+            facts.streamed = True
+            if metrics is not None:
+                metrics.streams.inc()
+
+    return opened
+
+
+__all__ = ["Observer", "observe", "stream_opened"]
