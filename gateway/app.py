@@ -66,7 +66,7 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     scrubber = Scrubber(config.secret_values)  # one for the app: upstream bodies, headers and our own log lines
     upstreams = build_upstreams(config, scrubber)
     websockets = WebSocketSessions()
-    state = open_state(cache_size=config.server.cache_size)
+    state = open_state(config.state, cache_size=config.server.cache_size)
     res = Resources(config, scrubber, upstreams, websockets, state, debug)
     app[CONFIG] = config
     app[RUNTIME] = Runtime(scrubber, debug=debug, max_response=config.server.max_response)
@@ -129,7 +129,7 @@ async def readyz(request: web.Request) -> web.Response:
     _only_get(request)
     if request.app[RUNTIME].draining:
         return error_response(503, "unavailable", "the gateway is shutting down", {"Retry-After": "1"})
-    return web.json_response({"status": "ready"})
+    return web.json_response({"status": "ready", "state": await request.app[STATE].status()})
 
 
 def _only_get(request: web.Request) -> None:

@@ -12,6 +12,7 @@ from .app import StartupError, build_table
 from .config import Config, load_config
 from .routing import RouteTable
 from .secrets import redact
+from .state import state_report
 from .yamlsource import ConfigError
 
 
@@ -115,7 +116,11 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     config, table = loaded
     print_table(table)
-    if config.server.workers > 1:
+    line, warning = state_report(config.state)  # which backend, and whether it answers (a warning if not)
+    print(line)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    if config.server.workers > 1 and config.state is None:
         print(
             f"warning: server.workers is {config.server.workers}: cache and rate-limit state is per process, "
             "so limits are per worker",

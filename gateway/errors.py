@@ -11,6 +11,7 @@
     ├── InternalError         500 internal_error
     ├── UpstreamError         502 upstream_error
     ├── UpstreamUnavailable   502 upstream_unavailable
+    ├── Unavailable           503 unavailable          (carries Retry-After)
     └── UpstreamTimeout       504 upstream_timeout
 
 They are rendered as ``{"error": code, "message": ...}`` in exactly one place (``error_response``).
@@ -90,6 +91,10 @@ class UpstreamError(GatewayError):
 
 class UpstreamUnavailable(GatewayError):
     status, code, message = 502, "upstream_unavailable", "the upstream service could not be reached"
+
+
+class Unavailable(GatewayError):
+    status, code, message = 503, "unavailable", "the service is unavailable; retry shortly"
 
 
 class UpstreamTimeout(GatewayError):
