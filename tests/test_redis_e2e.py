@@ -115,7 +115,10 @@ async def load_through_a_restart(redis: RedisServer, gw: Server, expected: str) 
                 assert status != 503 or headers["Retry-After"] == "1"
 
     async def ready(session: aiohttp.ClientSession) -> str:
-        return json.loads((await get(session, gw, "/readyz"))[2])["state"]
+        body = (await get(session, gw, "/readyz"))[2]
+        metrics = (await get(session, gw, "/metrics"))[2]  # whatever /metrics is in this build, no password in it
+        assert PASSWORD.encode() not in body + metrics
+        return json.loads(body)["state"]
 
     async def until(check, what: str) -> None:
         while not await check():
