@@ -1,8 +1,8 @@
 """RedisState against a real redis-server: exact all-or-nothing counting across processes, truthful windows, the
 cache and its byte bound, locks, and commands that a cancellation cannot cut in half.
 
-Two RedisState objects, each with its own connection pool, stand for two gateway processes (test_redis_e2e.py runs
-two real ones).
+Two RedisState objects, each with its own connection, stand for two gateway processes (test_redis_e2e.py runs two
+real ones).
 """
 
 from __future__ import annotations
@@ -313,18 +313,19 @@ def gateway_clients(server: RedisServer) -> list[str]:
 
 
 async def test_a_cancelled_request_leaves_no_reply_behind(redis_server: RedisServer) -> None:
-    """Cancel requests while their scripts wait on a paused Redis: the replies are still read off the connections,
-    which stay open and in the pool; every later command on them gets its own reply."""
+    """Cancel requests while their scripts wait on a paused Redis: their replies are still read off the connection,
+    which stays open; every later command on it gets its own reply."""
     state = state_for(redis_server, timeout="10s")
     lim = limit(100)
     try:
-        await state.acquire([lim], lock="c")  # connect: one pooled connection
+        await state.acquire([lim], lock="c")  # connect
         assert len(gateway_clients(redis_server)) == 1
         before = gateway_clients(redis_server)
         redis_server.command("CLIENT", "PAUSE", "10000", "WRITE")
         try:
             requests = [asyncio.create_task(state.acquire([lim], lock="c")) for _ in range(3)]
-            await until(lambda: blocked(redis_server) == 3, "the three scripts to wait in Redis")
+            # one connection: the first script waits in Redis, the two behind it in the same batch
+            await until(lambda: blocked(redis_server) == 1 and state.link.in_flight == 3, "the scripts to wait")
             for task in requests:
                 task.cancel()
             for task in requests:
@@ -332,7 +333,7 @@ async def test_a_cancelled_request_leaves_no_reply_behind(redis_server: RedisSer
                     await task
         finally:
             redis_server.command("CLIENT", "UNPAUSE")
-        await until(lambda: not state.link.running, "the cancelled commands to finish")
+        await until(lambda: not state.link.in_flight, "the cancelled commands to finish")
         assert redis_server.command("GET", counter(lim)) == "4"  # they ran, and were read
         for i in range(20):  # each later command gets its own reply
             others = [limit(50 + i, client=f"ip:10.0.0.{j}") for j in range(3)]
@@ -381,5 +382,5 @@ async def test_close_waits_for_commands_in_flight(redis_server: RedisServer) -> 
     finally:
         redis_server.command("CLIENT", "UNPAUSE")
     await asyncio.wait_for(closing, WAIT)
-    assert not state.link.running
+    assert not state.link.in_flight
     assert redis_server.command("GET", counter(lim)) == "1"

@@ -5,8 +5,9 @@
     lock        SET NX PX with a random token; waiters poll; released only by its holder (scripts.UNLOCK)
 
 Keys live under ``gateway:`` (``gateway:rl:…`` counters, ``gateway:cache:…`` answers, ``gateway:lock:…``). Each
-command goes through ``Link`` (shielded from cancellation); each operation through ``Health``, which falls back to
-``self.local`` (this process's MemoryState) or answers 503 while Redis cannot be reached.
+command goes through ``Link`` (one pipelined connection that a cancelled request cannot desynchronise); each
+operation through ``Health``, which falls back to ``self.local`` (this process's MemoryState) or answers 503 while
+Redis cannot be reached.
 Cached answers are stored as a JSON head line and the body bytes, never pickled: what Redis holds is only data.
 """
 
@@ -122,9 +123,9 @@ class RedisState(State):
         await self.local.close()
 
     async def _probe(self) -> None:
-        """Can Redis take a write? First the idle pooled connections go: after a restart they are dead, and the first
-        request on each would fail and mark Redis down again."""
-        await self.link.pool.disconnect(inuse_connections=False)
+        """Can Redis take a write? On a new connection: after a restart the old one is dead without knowing it yet,
+        and the first request on it would fail and mark Redis down again."""
+        await self.link.reset()
         await self.link.call("SET", f"{PREFIX}probe", "1", "PX", 10_000)
 
 
@@ -204,7 +205,7 @@ def _decode(value: bytes) -> Cached | None:
 
 async def answers(config: StateConfig) -> str | None:
     """None when Redis at ``config`` takes a write within its timeout, else why not (never the password)."""
-    link = Link(config, pool_size=1)
+    link = Link(config)
     try:
         await link.call("SET", f"{PREFIX}probe", "1", "PX", 10_000)
     except FAILURES as exc:
