@@ -92,8 +92,9 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     scrubber = Scrubber(config.secret_values)  # one for the app: upstream bodies, headers and our own log lines
     metrics = Metrics() if config.server.metrics else None
     observer = Observer(metrics)
-    res = Resources(config, scrubber, build_upstreams(config, scrubber), WebSocketSessions(),
-                    open_state(cache_size=config.server.cache_size), debug, jwt_verifier(config.clients.jwt), observer)
+    state = open_state(config.state, cache_size=config.server.cache_size)
+    res = Resources(config, scrubber, build_upstreams(config, scrubber), WebSocketSessions(), state, debug,
+                    jwt_verifier(config.clients.jwt), observer)
     app[CONFIG] = config
     app[RUNTIME] = Runtime(scrubber, debug=debug, max_response=config.server.max_response, resources=res)
     app[UPSTREAMS] = dict(res.upstreams)  # filled anew in place on a reload: the running app is frozen
@@ -205,7 +206,7 @@ async def readyz(request: web.Request) -> web.Response:
     _only_get(request)
     if request.app[RUNTIME].draining:
         return error_response(503, "unavailable", "the gateway is shutting down", {"Retry-After": "1"})
-    return web.json_response({"status": "ready"})
+    return web.json_response({"status": "ready", "state": await request.app[STATE].status()})
 
 
 def _only_get(request: web.Request) -> None:

@@ -12,6 +12,7 @@ from .config import Config, load_config
 from .observe.logs import setup_logging
 from .reload import LoadError, Project, protect_logs
 from .routing import RouteTable
+from .state import state_report
 from .yamlsource import ConfigError
 
 
@@ -104,7 +105,11 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     config, table = loaded
     print_table(table)
-    if config.server.workers > 1:
+    line, warning = state_report(config.state)  # which backend, and whether it answers (a warning if not)
+    print(line)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    if config.server.workers > 1 and config.state is None:
         print(
             f"warning: server.workers is {config.server.workers}: cache and rate-limit state is per process, "
             "so limits are per worker",

@@ -22,6 +22,7 @@ from .forward.proxy import ProxyError, parse_proxy
 from .origins import ANY, parse_origin
 from .paths import PLACEHOLDER, PLACEHOLDER_ENV, PathSyntaxError, Segment, params_of, parse_forward_path
 from .secrets import Environment, Secret, redact
+from .state.url import ON_ERROR, StateConfig, parse_state
 from .units import Rate, parse_budget, parse_duration, parse_rate, parse_size
 from .yamlsource import ConfigError, YamlPath, load_yaml
 
@@ -133,6 +134,7 @@ class Config:
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
     forwards: tuple[ForwardConfig, ...] = ()
     secret_values: frozenset[str] = field(default=frozenset(), repr=False)  # raw values: never in repr(config)
+    state: StateConfig | None = None  # Redis (SPEC §9); None: rate limits and the cache in each process's memory
 
     @property
     def routes_dir(self) -> Path | None:
@@ -159,11 +161,8 @@ class _Reader(ValueReader):
     # -- sections ------------------------------------------------------------------------------------------
 
     def config(self, file: Path) -> Config:
-        top = self.mapping(self.doc.data, (), ("server", "clients", "upstreams", "forwards", "state"))
-        if "state" in top:
-            state = self.string(top["state"], ("state",))
-            if state not in (None, "memory"):
-                self.fail(("state",), f"{state!r}: only in-memory state (state: memory) is supported in this version")
+        top = self.mapping(self.doc.data, (), ("server", "clients", "upstreams", "forwards", "state", "state_on_error"))
+        state = self.state(top)
         server = self.server(top.get("server"))
         self.prefix = server.prefix  # forward keys are relative to it
         clients = self.clients(top.get("clients"))
@@ -176,7 +175,25 @@ class _Reader(ValueReader):
         for forward in forwards:
             if problem := auth_problem(forward.auth, bool(clients.api_keys), clients.jwt is not None):
                 self.fail(("forwards", forward.key, "auth"), problem)
-        return Config(file, server, clients, upstreams, forwards, frozenset(self.secrets))
+        return Config(file, server, clients, upstreams, forwards, frozenset(self.secrets), state=state)
+
+    def state(self, top: dict[str, Any]) -> StateConfig | None:
+        """``state`` and ``state_on_error``; the URL's password is a secret, wherever it came from."""
+        on_error = self.string(top.get("state_on_error", "local"), ("state_on_error",))
+        if on_error is not None and on_error not in ON_ERROR:
+            self.fail(("state_on_error",), f"{on_error!r}: use local (while Redis cannot be reached, each process "
+                                           "counts on its own) or closed (answer 503)")
+        text = self.string(top["state"], ("state",)) if "state" in top else None
+        if text is None:
+            return None
+        try:
+            state = parse_state(text, on_error if on_error in ON_ERROR else "local")
+        except ValueError as exc:
+            self.fail(("state",), str(exc))
+            return None
+        if state is not None and state.password is not None:
+            self.secrets.add(state.password.reveal())
+        return state
 
     def server(self, value: Any) -> ServerConfig:
         path: YamlPath = ("server",)

@@ -205,7 +205,7 @@ def test_a_yaml_alias_is_read_like_its_anchor(tmp_path: Path) -> None:
 
 # -- every mistake, one exact line -----------------------------------------------------------------------------
 
-TOP_KEYS = "server, clients, upstreams, forwards, state"
+TOP_KEYS = "server, clients, upstreams, forwards, state, state_on_error"
 SERVER_KEYS = ("host, port, prefix, routes, workers, max_body, max_response, shutdown_grace, trusted_proxies, "
                "cache_size, metrics")
 DURATION = "expected a duration like 250ms, 10s, 5m, 1h or a number of seconds"
@@ -452,9 +452,9 @@ MISTAKES = [
     ),
     # state
     (
-        "state: redis://localhost:6379/0\n",
-        "config.yaml:1: state: 'redis://localhost:6379/0': only in-memory state (state: memory) is supported "
-        "in this version",
+        "state: http://localhost:6379/0\n",
+        "config.yaml:1: state: 'http://localhost:6379/0': expected memory or a redis:// or rediss:// URL such as "
+        "redis://127.0.0.1:6379/0",
     ),
     # YAML itself
     ("server:\n  port: [1, 2\n", "config.yaml:3: invalid YAML: expected ',' or ']', but got '<stream end>'"),
@@ -511,7 +511,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     server:
       port: 99999
       max_body: 1zb
-    state: redis://cache:6379/0
+    state: redis://cache:6379/x
     upstreams:
       weather:
         url: ftp://weather.example
@@ -533,8 +533,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "config.yaml:1: sever: unknown key 'sever': did you mean 'server'?",
         "config.yaml:4: server.port: 99999: must be between 0 and 65535",
         f"config.yaml:5: server.max_body: '1zb': {SIZE}",
-        "config.yaml:6: state: 'redis://cache:6379/0': only in-memory state (state: memory) is supported "
-        "in this version",
+        "config.yaml:6: state: 'redis://cache:6379/x': the database must be a number, as in "
+        "redis://127.0.0.1:6379/0",
         f"config.yaml:9: upstreams.weather.url: 'ftp://weather.example' {BASE_URL}",
         f"config.yaml:10: upstreams.weather.timeout: 'soon': {DURATION}",
         "config.yaml:12: upstreams.weather.inject.query.appid: environment variable OPENWEATHER_KEY is not set: "

@@ -282,7 +282,7 @@ async def GET(req):
     results: list[Any] = []
     with start(tmp_path, grace="5s", routes={"drain.py": slow}) as server:
         server.wait_ready()
-        assert json.loads(get(server.port, "/readyz").body) == {"status": "ready"}
+        assert json.loads(get(server.port, "/readyz").body) == {"status": "ready", "state": "memory"}
         client = threading.Thread(target=lambda: results.append(get(server.port, "/api/drain", timeout=WAIT)))
         client.start()
         try:

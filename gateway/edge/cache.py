@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 from ..errors import UpstreamTimeout
 from ..keys import ANSWER_HEADERS, FACTS, IDENTITY
 from ..pipeline.headers import request_allowlist
-from ..state import Cached, State
+from ..state import Cached, LockTimeout, State
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Step = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -94,7 +94,7 @@ def cache(ttl: float | None, state: State, *, pattern: str, vary: Sequence[str],
     async def lead(request: web.Request, call_next: Handler, key: str) -> web.StreamResponse:
         flight = flights[key] = asyncio.get_running_loop().create_future()
         try:
-            async with state.lock(key):  # with a shared backend, one process calls while the others wait here
+            async with state.lock(key, wait=timeout):  # shared state: one process calls, the others wait here
                 entry = await state.cache_get(key)  # kept by another process while this one waited
                 if entry is not None:
                     response: web.StreamResponse = _hit(request, entry, state.now())
@@ -103,6 +103,11 @@ def cache(ttl: float | None, state: State, *, pattern: str, vary: Sequence[str],
                     entry = keepable(response, state.now(), ttl)
                     if entry is not None and not await state.cache_set(key, entry):
                         entry = None
+        except LockTimeout:  # another process's call outlasted the timeout: 504, as a waiter in this process gets
+            _note_miss(request)
+            flight.set_exception(UpstreamTimeout())
+            flight.exception()
+            raise UpstreamTimeout() from None
         except Exception as exc:
             flight.set_exception(exc)  # the waiters get the same error; the next request calls again
             flight.exception()  # marked as retrieved: asyncio logs nothing when no waiter came

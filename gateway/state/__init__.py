@@ -1,8 +1,9 @@
 """Where rate-limit counters, token budgets and cached answers live: one interface, its backend chosen at start-up.
 
-``MemoryState`` (this process) is the only backend today; a Redis one (SPEC §9) implements the same methods, and
-overrides ``acquire`` to check every limit of a request in one atomic round trip (``reserve`` and ``settle`` are one
-round trip each, too: see their docstrings for the exact semantics a backend implements).
+``MemoryState`` (memory.py) keeps them in this process; ``RedisState`` (shared.py, SPEC §9) in Redis, shared by every
+worker and replica, checking every limit of a request in one atomic round trip and falling back to a MemoryState
+(or to 503) while Redis cannot be reached. Token budgets' ``reserve`` and ``settle`` are one round trip each, too:
+see their docstrings for the exact semantics a backend implements.
 
 Rate limits use the ``limits`` library's fixed window (``FixedWindowRateLimiter``): a client's window opens with its
 first request and lasts the rate's period; its count starts over when the window ends. ``Window.reset_in`` is the
@@ -16,13 +17,21 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from limits import RateLimitItem, parse
 from limits.aio.strategies import FixedWindowRateLimiter
 
 from ..units import Rate
 
+if TYPE_CHECKING:
+    from .url import StateConfig
+
 Clock = Callable[[], float]
+
+
+class LockTimeout(Exception):
+    """``lock(key, wait=...)`` waited that long and the holder still had it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,15 +174,48 @@ class State(ABC):
         """Keep ``entry`` until ``entry.expires``; False when it cannot be kept (larger than the whole cache)."""
 
     @abstractmethod
-    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
-        """A mutex named ``key``: one holder at a time (rate-limit checks, the one upstream call for a cache miss)."""
+    def lock(self, key: str, *, wait: float | None = None) -> AbstractAsyncContextManager[None]:
+        """A mutex named ``key``: one holder at a time (rate-limit checks, the one upstream call for a cache miss).
+
+        ``wait``: give up after that many seconds behind another holder, raising LockTimeout (None: no bound here).
+        """
+
+    async def status(self) -> str:
+        """What /readyz reports about the backend: ``memory``, ``redis``, ``redis (unreachable: local fallback)``."""
+        return self.name
 
     async def close(self) -> None:  # noqa: B027 - nothing to release in memory; a network backend closes its pool
         pass
 
 
-def open_state(*, cache_size: int, clock: Clock = time.time) -> State:
-    """The backend for this process, chosen once at start-up (only memory today: see SPEC §9 for Redis)."""
+def open_state(config: StateConfig | None = None, *, cache_size: int, clock: Clock = time.time) -> State:
+    """The backend for this process, chosen once at start-up: Redis when ``state:`` names one, else memory."""
+    if config is not None:
+        from .shared import RedisState
+
+        return RedisState(config, cache_size=cache_size, clock=clock)
     from .memory import MemoryState
 
     return MemoryState(cache_size=cache_size, clock=clock)
+
+
+def state_report(config: StateConfig | None) -> tuple[str, str | None]:
+    """What ``gateway check`` says about the backend: a line, and a warning when Redis does not answer.
+
+    Not answering is a warning in both ``state_on_error`` modes, never a failure: check validates the config, and
+    may run where Redis is not reachable (a build step); the running gateway copes as configured.
+    """
+    if config is None:
+        return "state: memory (each process counts its own rate limits and keeps its own cache)", None
+    import asyncio
+
+    from .shared import answers
+
+    problem = asyncio.run(answers(config))
+    mode = f"state_on_error: {config.on_error}"
+    if problem is None:
+        return f"state: {config.shown} (answers; {mode})", None
+    then = "each process counts its own rate limits" if config.on_error == "local" else \
+        "limited and cached routes answer 503"
+    return (f"state: {config.shown} (does not answer; {mode})",
+            f"state: Redis at {config.shown} does not answer ({problem}): until it does, {then}")

@@ -19,7 +19,7 @@ from cachetools import TLRUCache
 from limits.aio.storage import Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 
-from . import Cached, Clock, Hold, Limit, State, Verdict, Window
+from . import Cached, Clock, Hold, Limit, LockTimeout, State, Verdict, Window
 
 MAX_COUNTERS = 100_000  # live rate-limit windows kept (~50 MB); past that, the least recently seen client's goes
 ENTRY_OVERHEAD = 512  # bytes counted per cached answer beyond its body and headers (key, objects)
@@ -94,8 +94,8 @@ class MemoryState(State):
             return False
         return True
 
-    def lock(self, key: str) -> _NamedLock:
-        return _NamedLock(self._locks, key)
+    def lock(self, key: str, *, wait: float | None = None) -> _NamedLock:
+        return _NamedLock(self._locks, key, wait)
 
 
 class _NamedLock:
@@ -103,11 +103,12 @@ class _NamedLock:
     so the table holds no more names than there are requests in flight.
     """
 
-    __slots__ = ("_locks", "_key", "_lock")
+    __slots__ = ("_locks", "_key", "_wait", "_lock")
 
-    def __init__(self, locks: dict[str, tuple[asyncio.Lock, list[int]]], key: str) -> None:
+    def __init__(self, locks: dict[str, tuple[asyncio.Lock, list[int]]], key: str, wait: float | None) -> None:
         self._locks = locks
         self._key = key
+        self._wait = wait
 
     async def __aenter__(self) -> None:
         slot = self._locks.get(self._key)
@@ -116,7 +117,11 @@ class _NamedLock:
         self._lock = slot[0]
         slot[1][0] += 1
         try:
-            await self._lock.acquire()
+            async with asyncio.timeout(self._wait):
+                await self._lock.acquire()
+        except TimeoutError:
+            self._leave()
+            raise LockTimeout(f"waited {self._wait}s for {self._key}") from None
         except BaseException:  # cancelled while waiting
             self._leave()
             raise
