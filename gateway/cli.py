@@ -138,7 +138,8 @@ def _serve(args: argparse.Namespace, *, debug: bool = False) -> int:
     workers = args.workers or config.server.workers
     from .server import run
 
-    setup_logging(dev=debug)  # from here on every line is JSON (readable lines under `gateway dev`), scrubbed
+    # from here on every line is JSON (readable lines under `gateway dev`), scrubbed
+    setup_logging(dev=debug, access=config.server.access_log)
     protect_logs(project)
     return run(project, config, table, host=host, port=port, workers=workers, debug=debug)
 

@@ -45,6 +45,7 @@ class ServerConfig:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # whose X-Forwarded-For counts
     cache_size: int = 64 * 1024**2  # bytes of cached answers kept, least recently used first out
     metrics: str | None = "/metrics"  # where GET serves Prometheus text; None: off
+    access_log: bool = True  # one JSON line per request on stdout (off when an ingress already logs them)
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ class _Reader(ValueReader):
     def server(self, value: Any) -> ServerConfig:
         path: YamlPath = ("server",)
         known = ("host", "port", "prefix", "routes", "workers", "max_body", "max_response", "shutdown_grace",
-                 "trusted_proxies", "cache_size", "metrics")
+                 "trusted_proxies", "cache_size", "metrics", "access_log")
         raw = self.mapping(value, path, known)
         out: dict[str, Any] = {}
         if "host" in raw:
@@ -232,6 +233,8 @@ class _Reader(ValueReader):
         config = ServerConfig(**{k: v for k, v in out.items() if v is not None or k == "routes"})
         if "metrics" in raw:
             config = replace(config, metrics=self.metrics_path(raw["metrics"], (*path, "metrics"), config.prefix))
+        if "access_log" in raw and (on := self.boolean(raw["access_log"], (*path, "access_log"))) is not None:
+            config = replace(config, access_log=on)
         return config
 
     def networks(self, value: Any, path: YamlPath) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -21,7 +21,7 @@ from .secrets import redact
 from .yamlsource import ConfigError
 
 log = logging.getLogger("gateway.reload")
-RESTART_ONLY = ("host", "port", "workers", "shutdown_grace", "metrics")  # read once, when the gateway starts
+RESTART_ONLY = ("host", "port", "workers", "shutdown_grace", "metrics", "access_log")  # read once, at start
 
 
 class LoadError(Exception):

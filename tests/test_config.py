@@ -207,7 +207,7 @@ def test_a_yaml_alias_is_read_like_its_anchor(tmp_path: Path) -> None:
 
 TOP_KEYS = "server, clients, upstreams, forwards, state, state_on_error"
 SERVER_KEYS = ("host, port, prefix, routes, workers, max_body, max_response, shutdown_grace, trusted_proxies, "
-               "cache_size, metrics")
+               "cache_size, metrics, access_log")
 DURATION = "expected a duration like 250ms, 10s, 5m, 1h or a number of seconds"
 SIZE = "expected a size like 512kb, 1mb or a number of bytes"
 RATE = "expected a rate like 30/minute (N/second, N/minute or N/hour, N >= 1)"

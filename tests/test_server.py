@@ -346,3 +346,18 @@ def test_dev_prints_one_readable_line_per_record(tmp_path: Path) -> None:
     assert "GET /api/user 200" in out[0] and "upstream=svc" in out[1]
     assert "upstream svc failed: cannot connect" in server.stderr
     assert KEY not in server.stdout + server.stderr
+
+
+def test_access_log_false_writes_no_line_per_request_and_still_counts(tmp_path: Path) -> None:
+    server = start(tmp_path)
+    (tmp_path / "config.yaml").write_text((tmp_path / "config.yaml").read_text().replace(
+        "server:\n", "server:\n  access_log: false\n", 1))
+    with server:
+        server.wait_ready()
+        for _ in range(3):
+            assert get(server.port, "/api/user").status == 200
+        metrics = get(server.port, "/metrics").body.decode()
+        assert 'gateway_requests_total{method="GET",route="/api/user",status="200"} 3.0' in metrics
+        assert server.terminate() == 0
+    assert "/api/user" not in server.stdout  # no access line ...
+    assert "gateway listening" in server.stderr  # ... while the other lines are still written

@@ -81,7 +81,7 @@ def _utc(created: float) -> datetime:
     return datetime.fromtimestamp(created, tz=UTC)
 
 
-def setup_logging(*, dev: bool = False, level: int = logging.INFO) -> JsonLines | DevLines:
+def setup_logging(*, dev: bool = False, level: int = logging.INFO, access: bool = True) -> JsonLines | DevLines:
     """Route every log record through one formatter: the access log to stdout, everything else to stderr.
 
     Returns the formatter, whose ``scrub`` the caller sets once the config (and so the secrets) is known.
@@ -101,12 +101,12 @@ def setup_logging(*, dev: bool = False, level: int = logging.INFO) -> JsonLines 
     root.setLevel(level)
     out = logging.StreamHandler(sys.stdout)
     out.setFormatter(formatter)
-    access = logging.getLogger(ACCESS)
-    for old in list(access.handlers):
-        access.removeHandler(old)
-    access.addHandler(out)
-    access.propagate = False  # stdout only: the access log is data, the rest is diagnostics
-    access.setLevel(logging.INFO)
+    lines = logging.getLogger(ACCESS)
+    for old in list(lines.handlers):
+        lines.removeHandler(old)
+    lines.addHandler(out)
+    lines.propagate = False  # stdout only: the access log is data, the rest is diagnostics
+    lines.setLevel(logging.INFO if access else logging.WARNING)  # server.access_log: false -> no line per request
     logging.getLogger("aiohttp.access").disabled = True  # the gateway writes its own access lines
     return formatter
 
