@@ -15,9 +15,9 @@ from .edge.answer import apply_answer_headers
 from .edge.jwt import jwt_verifier
 from .errors import MethodNotAllowed, NotFound, error_response
 from .file_routes import FileEndpoint
-from .forward.client import FROM_ENV, Pool
-from .forward.scrub import Scrubber
-from .forward.upstream import Upstream
+from .upstream.client import FROM_ENV, Pool
+from .mask.scrub import Scrubber
+from .pipeline.upstream import Upstream
 from .keys import (
     CONFIG,
     FALLBACK,

@@ -18,7 +18,7 @@ import jmespath.exceptions
 from .config_jwt import JwtConfig, auth_mode, auth_problem, check_forward_claims, read_jwt
 from .config_reader import ValueReader, show_value
 from .errors import STYLES
-from .forward.proxy import ProxyError, parse_proxy
+from .upstream.proxy import ProxyError, parse_proxy
 from .origins import ANY, parse_origin
 from .paths import PLACEHOLDER, PLACEHOLDER_ENV, PathSyntaxError, Segment, params_of, parse_forward_path
 from .secrets import Environment, Secret, redact
@@ -78,7 +78,7 @@ class UpstreamConfig:
     forward_headers: tuple[str, ...] = ()
     expose_headers: tuple[str, ...] = ()
     errors: str = "gateway"  # the shape of the gateway's own error bodies on its forwards: gateway or openai
-    # connections to the upstream (gateway/forward/client.py): a cap, and an outbound proxy
+    # connections to the upstream (gateway/upstream/client.py): a cap, and an outbound proxy
     max_connections: int = 100
     proxy: Secret | None = None  # an explicit proxy URL; it may hold credentials
     proxy_from_env: bool = True  # without one: HTTP(S)_PROXY / NO_PROXY decide; ``proxy: none`` turns that off

@@ -21,7 +21,7 @@ from ..edge.options import answer_options
 from ..edge.origin import check_origin
 from ..edge.ratelimit import rate_limit, route_policies
 from ..edge.ws_credential import browser_credential
-from ..forward.upstream import Upstream
+from .upstream import Upstream
 from ..keys import Resources
 from ..observe import observe
 from ..origins import OriginPolicy

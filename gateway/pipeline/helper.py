@@ -16,7 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..errors import InternalError
-from ..forward.scrub import Scrubber
+from ..mask.scrub import Scrubber
 from ..keys import PENDING, RUNTIME, UPSTREAMS
 from .outgoing import handler_request
 from .respond import respond
