@@ -18,12 +18,12 @@ import jmespath.exceptions
 from .config_jwt import JwtConfig, auth_mode, auth_problem, check_forward_claims, read_jwt
 from .config_reader import ValueReader, show_value
 from .errors import STYLES
-from .upstream.proxy import ProxyError, parse_proxy
 from .origins import ANY, parse_origin
 from .paths import PLACEHOLDER, PLACEHOLDER_ENV, PathSyntaxError, Segment, params_of, parse_forward_path
 from .secrets import Environment, Secret, redact
 from .state.url import ON_ERROR, StateConfig, parse_state
 from .units import Rate, parse_budget, parse_duration, parse_rate, parse_size
+from .upstream.proxy import ProxyError, parse_proxy
 from .yamlsource import ConfigError, YamlPath, load_yaml
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import UpstreamConfig
 from ..errors import UpstreamUnavailable
+from ..mask.scrub import Scrubber
+from ..upstream.client import Pool, Response
+from ..upstream.errors import IDEMPOTENT, RETRYABLE_STATUS, upstream_errors
 from .headers import request_allowlist, response_allowlist
 from .urlmap import UrlMapper
 from .urls import encode_query
-from ..upstream.client import Pool, Response
-from ..upstream.errors import IDEMPOTENT, RETRYABLE_STATUS, upstream_errors
-from ..mask.scrub import Scrubber
 
 if TYPE_CHECKING:
     from ..keys import Facts
