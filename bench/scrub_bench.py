@@ -1,7 +1,7 @@
 """Secret scrubbing cost: MB/s of ``Scrubber.scrub`` and of a 64 KiB-chunked stream on 1 MiB JSON bodies.
 
 Compares the scrubber in this tree with another version of ``scrub.py`` given by path (e.g. one saved with
-``git show HEAD~1:gateway/forward/scrub.py > /tmp/scrub_before.py``), in one process, interleaved, best of N:
+``git show HEAD~1:gateway/mask/scrub.py > /tmp/scrub_before.py``), in one process, interleaved, best of N:
 
     .venv/bin/python bench/scrub_bench.py --before /tmp/scrub_before.py --reps 30
 
@@ -46,7 +46,7 @@ def body(kind: str, size: int = 1 << 20) -> bytes:
 
 def load(path: str | None):
     if path is None:
-        from gateway.forward import scrub
+        from gateway.mask import scrub
 
         return scrub
     spec = importlib.util.spec_from_file_location("scrub_other", path)

@@ -15,9 +15,6 @@ from .edge.answer import apply_answer_headers
 from .edge.jwt import jwt_verifier
 from .errors import MethodNotAllowed, NotFound, error_response
 from .file_routes import FileEndpoint
-from .forward.client import FROM_ENV, Pool
-from .forward.scrub import Scrubber
-from .forward.upstream import Upstream
 from .keys import (
     CONFIG,
     FALLBACK,
@@ -30,14 +27,17 @@ from .keys import (
     Resources,
     Runtime,
 )
+from .mask.scrub import Scrubber
 from .observe import Metrics, Observer, metrics_handler, stream_opened
 from .pipeline.build import build_call, build_endpoint, build_fallback, build_health
 from .pipeline.endpoint import ForwardEndpoint
+from .pipeline.upstream import Upstream
 from .pipeline.urlmap import UrlMapper
 from .pipeline.websocket import WebSocketEndpoint, WebSocketSessions
 from .request_id import add_request_id
 from .routing import FallbackResource, GatewayResource, Handler, RouteConflict, RouteTable, bad_path
 from .state import open_state
+from .upstream.client import FROM_ENV, Pool
 
 SERVER_HEADER = "gateway"  # a fixed generic word: no software name, no version
 

@@ -18,12 +18,12 @@ import jmespath.exceptions
 from .config_jwt import JwtConfig, auth_mode, auth_problem, check_forward_claims, read_jwt
 from .config_reader import ValueReader, show_value
 from .errors import STYLES
-from .forward.proxy import ProxyError, parse_proxy
 from .origins import ANY, parse_origin
 from .paths import PLACEHOLDER, PLACEHOLDER_ENV, PathSyntaxError, Segment, params_of, parse_forward_path
 from .secrets import Environment, Secret, redact
 from .state.url import ON_ERROR, StateConfig, parse_state
 from .units import Rate, parse_budget, parse_duration, parse_rate, parse_size
+from .upstream.proxy import ProxyError, parse_proxy
 from .yamlsource import ConfigError, YamlPath, load_yaml
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -79,7 +79,7 @@ class UpstreamConfig:
     forward_headers: tuple[str, ...] = ()
     expose_headers: tuple[str, ...] = ()
     errors: str = "gateway"  # the shape of the gateway's own error bodies on its forwards: gateway or openai
-    # connections to the upstream (gateway/forward/client.py): a cap, and an outbound proxy
+    # connections to the upstream (gateway/upstream/client.py): a cap, and an outbound proxy
     max_connections: int = 100
     proxy: Secret | None = None  # an explicit proxy URL; it may hold credentials
     proxy_from_env: bool = True  # without one: HTTP(S)_PROXY / NO_PROXY decide; ``proxy: none`` turns that off

@@ -16,8 +16,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .config import Config
-from .forward.scrub import Scrubber
-from .forward.upstream import Upstream
+from .mask.scrub import Scrubber
+from .pipeline.upstream import Upstream
 from .state import State
 
 if TYPE_CHECKING:

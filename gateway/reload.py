@@ -14,7 +14,7 @@ from dotenv import dotenv_values
 
 from .app import StartupError, build_table, swap
 from .config import Config, load_config
-from .forward.scrub import Scrubber
+from .mask.scrub import Scrubber
 from .observe.logs import use_scrubber
 from .routing import RouteTable
 from .secrets import redact

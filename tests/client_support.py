@@ -19,7 +19,7 @@ from upstream_support import ENV
 
 from gateway.app import build_table, create_app
 from gateway.config import load_config
-from gateway.forward.client import Pool, Response
+from gateway.upstream.client import Pool, Response
 
 WAIT = 5  # seconds: only reached when the behaviour under test is broken
 TIMEOUT = 2.0  # the client's timeout where timing is not under test

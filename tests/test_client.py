@@ -1,4 +1,4 @@
-"""The upstream HTTP/1.1 client (gateway/forward/client.py) on its own, against real servers on 127.0.0.1.
+"""The upstream HTTP/1.1 client (gateway/upstream/client.py) on its own, against real servers on 127.0.0.1.
 
 aiohttp servers stand in for well-behaved upstreams; raw ``asyncio.start_server`` servers misbehave byte by byte
 (garbage, silence, half answers, resets). Server and client are coordinated with events and counters, never with
@@ -22,7 +22,7 @@ from client_support import OK, TIMEOUT, WAIT, RawServer, Upstream, fetch, get, k
 from upstream_support import free_port
 from yarl import URL
 
-from gateway.forward.client import HIGH_WATER
+from gateway.upstream.client import HIGH_WATER
 
 pytest_plugins = ["client_support"]  # the raw_server and pools fixtures
 

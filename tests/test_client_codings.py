@@ -15,8 +15,8 @@ import pytest
 from client_support import WAIT, get, keep_alive
 from upstream_support import SECRET, assert_clean, gateway, no_secret_logged  # noqa: F401  (autouse fixture)
 
-from gateway.forward.client import DECODABLE, HIGH_WATER, InvalidResponse
-from gateway.forward.codings import CodingError, codings, plan
+from gateway.upstream.client import DECODABLE, HIGH_WATER, InvalidResponse
+from gateway.upstream.codings import CodingError, codings, plan
 
 pytest_plugins = ["client_support"]
 

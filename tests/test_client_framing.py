@@ -14,7 +14,7 @@ import pytest
 from client_support import OK, WAIT, RawServer, fetch, get, keep_alive
 from upstream_support import assert_clean, gateway, no_secret_logged  # noqa: F401  (autouse fixture)
 
-from gateway.forward.client import InvalidResponse
+from gateway.upstream.client import InvalidResponse
 
 pytest_plugins = ["client_support"]
 

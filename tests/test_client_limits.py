@@ -16,8 +16,8 @@ import pytest
 from client_support import OK, WAIT, RawServer, fetch, gateway_with, get, keep_alive
 from upstream_support import gateway, no_secret_logged  # noqa: F401  (no_secret_logged is an autouse fixture)
 
-from gateway.forward import codings
-from gateway.forward.client import MAX_HEAD, MAX_HEADERS, InvalidResponse, PoolFull
+from gateway.upstream import codings
+from gateway.upstream.client import MAX_HEAD, MAX_HEADERS, InvalidResponse, PoolFull
 
 pytest_plugins = ["client_support"]
 FLOOD = 64 * 1024 * 1024  # the most a flooding server writes: far over every limit, bounded all the same

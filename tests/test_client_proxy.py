@@ -24,7 +24,7 @@ from client_support import WAIT, fetch, gateway_with, get
 from upstream_support import ENV, no_secret_logged  # noqa: F401  (no_secret_logged is an autouse fixture)
 
 from gateway.config import load_config
-from gateway.forward.client import Pool
+from gateway.upstream.client import Pool
 from gateway.yamlsource import ConfigError
 
 pytest_plugins = ["client_support"]

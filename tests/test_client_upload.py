@@ -14,7 +14,7 @@ import pytest
 from client_support import OK, WAIT, RawServer, fetch, gateway_with, get, stream_of
 from upstream_support import no_secret_logged  # noqa: F401  (no_secret_logged is an autouse fixture)
 
-from gateway.forward.client import BodyTimeout
+from gateway.upstream.client import BodyTimeout
 
 pytest_plugins = ["client_support"]
 PIECE = b"x" * 65536

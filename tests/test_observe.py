@@ -30,7 +30,7 @@ from upstream_support import (  # noqa: F401  (no_secret_logged is an autouse fi
 
 from gateway.app import build_table, create_app
 from gateway.config import load_config
-from gateway.forward.scrub import Scrubber
+from gateway.mask.scrub import Scrubber
 from gateway.observe.logs import ACCESS, DevLines, JsonLines
 from gateway.yamlsource import ConfigError
 

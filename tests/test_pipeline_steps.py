@@ -14,7 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import ForwardConfig, ResponseShape, UpstreamConfig
 from gateway.errors import UpstreamError
-from gateway.forward.scrub import Scrubber
+from gateway.mask.scrub import Scrubber
 from gateway.paths import parse_forward_path
 from gateway.pipeline.headers import (
     filter_request_headers,

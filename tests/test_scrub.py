@@ -17,7 +17,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 from yarl import URL
 
-from gateway.forward.scrub import Scrubber
+from gateway.mask.scrub import Scrubber
 
 R = "[REDACTED]"
 KEY = "sk-live-TOPSECRETabcdef"  # 23 characters

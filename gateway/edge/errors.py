@@ -21,7 +21,7 @@ from ..errors import (
     render,
     render_http_exception,
 )
-from ..forward.scrub import Scrubber
+from ..mask.scrub import Scrubber
 from ..routing import Handler
 
 log = logging.getLogger("gateway")

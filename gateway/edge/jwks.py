@@ -24,7 +24,7 @@ from aiohttp import web
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
-from ..forward.client import Pool
+from ..upstream.client import Pool
 
 log = logging.getLogger("gateway.jwt")
 

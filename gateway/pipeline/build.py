@@ -21,7 +21,6 @@ from ..edge.options import answer_options
 from ..edge.origin import check_origin
 from ..edge.ratelimit import rate_limit, route_policies
 from ..edge.ws_credential import browser_credential
-from ..forward.upstream import Upstream
 from ..keys import Resources
 from ..observe import observe
 from ..origins import OriginPolicy
@@ -35,6 +34,7 @@ from .rewrite import rewrite_urls
 from .scrub import scrub
 from .send import BUFFER_LIMIT, send
 from .shape import shape
+from .upstream import Upstream
 from .values import Call, chain
 from .withhold import withhold_5xx
 

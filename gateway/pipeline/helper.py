@@ -16,8 +16,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..errors import InternalError
-from ..forward.scrub import Scrubber
 from ..keys import PENDING, RUNTIME, UPSTREAMS
+from ..mask.scrub import Scrubber
 from .outgoing import handler_request
 from .respond import respond
 from .values import Answer, read_whole

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from ..errors import UpstreamError
-from ..forward.scrub import Scrubber, StreamScrubber
+from ..mask.scrub import Scrubber, StreamScrubber
 from .values import Answer, Call, OutRequest
 
 log = logging.getLogger("gateway.upstream")

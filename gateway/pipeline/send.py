@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from ..errors import PayloadTooLarge
-from ..forward.client import Response
-from ..forward.errors import upstream_errors
-from ..forward.upstream import Upstream
+from ..upstream.client import Response
+from ..upstream.errors import upstream_errors
+from .upstream import Upstream
 from .values import Answer, Call, OutRequest
 
 BUFFER_LIMIT = 1024 * 1024  # a plain body up to this size with a known length is read whole: faster, bounded

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import UpstreamError
-from ..forward.scrub import Scrubber
+from ..mask.scrub import Scrubber
 from .values import Answer, Call, OutRequest
 
 log = logging.getLogger("gateway.upstream")

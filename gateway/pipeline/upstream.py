@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import UpstreamConfig
 from ..errors import UpstreamUnavailable
-from ..pipeline.headers import request_allowlist, response_allowlist
-from ..pipeline.urlmap import UrlMapper
-from ..pipeline.urls import encode_query
-from .client import Pool, Response
-from .errors import IDEMPOTENT, RETRYABLE_STATUS, upstream_errors
-from .scrub import Scrubber
+from ..mask.scrub import Scrubber
+from ..upstream.client import Pool, Response
+from ..upstream.errors import IDEMPOTENT, RETRYABLE_STATUS, upstream_errors
+from .headers import request_allowlist, response_allowlist
+from .urlmap import UrlMapper
+from .urls import encode_query
 
 if TYPE_CHECKING:
     from ..keys import Facts
-    from ..pipeline.values import Call
+    from .values import Call
 
 BACKOFF = 0.05  # seconds before the first retry; doubles each time, with full jitter
 

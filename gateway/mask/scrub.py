@@ -25,7 +25,7 @@ from typing import Any
 
 from stringzilla import find as _find  # (haystack, needle, start) -> index or -1, like bytes.find
 
-from .secret_spellings import Secret
+from .spellings import Secret
 
 REDACTED = b"[REDACTED]"
 FRAGMENT = 8

@@ -1,1 +1,0 @@
-"""The forward path: client request -> upstream call with secrets injected -> masked response."""
