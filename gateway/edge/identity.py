@@ -8,6 +8,7 @@ addresses and reset its budget with each.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Awaitable, Callable, Sequence
@@ -73,21 +74,28 @@ def client_ip(request: web.Request, trusted: Sequence[Network] = ()) -> str:
     address = parse_address(request.remote or "")
     if address is None:
         return "unknown"
-    if trusted and _is_trusted(address, trusted) and "X-Forwarded-For" in request.headers:
-        # at most MAX_HOPS entries from the right: a huge header costs one bounded split, nothing more
-        hops = ",".join(request.headers.getall("X-Forwarded-For")).rsplit(",", MAX_HOPS)[-MAX_HOPS:]
-        for hop in reversed(hops):
-            hop_address = parse_address(hop)
-            if hop_address is None:
-                break  # a garbage entry: nothing to its left can be believed; the last trusted hop answers for it
-            address = hop_address
-            if not _is_trusted(address, trusted):
-                break  # the rightmost untrusted hop: the client
+    if not (trusted and _is_trusted(address, trusted) and "X-Forwarded-For" in request.headers):
+        return _named(address)
+    # at most MAX_HOPS entries from the right: a huge header costs one bounded split, nothing more
+    hops = ",".join(request.headers.getall("X-Forwarded-For")).rsplit(",", MAX_HOPS)[-MAX_HOPS:]
+    for hop in reversed(hops):
+        hop_address = parse_address(hop)
+        if hop_address is None:
+            break  # a garbage entry: nothing to its left can be believed; the last trusted hop answers for it
+        address = hop_address
+        if not _is_trusted(address, trusted):
+            break  # the rightmost untrusted hop: the client
+    return _named(address)
+
+
+@functools.lru_cache(maxsize=4096)  # a client's every request names it the same way: worked out once
+def _named(address: Address) -> str:
     if address.version == 6:
         return str(ipaddress.IPv6Network((int(address), 64), strict=False))
     return str(address)
 
 
+@functools.lru_cache(maxsize=4096)  # pure: the same peer text on every request of a connection, and of a client
 def parse_address(text: str) -> Address | None:
     """``" 203.0.113.9:443"`` / ``"[2001:db8::1]:443"`` / ``"::ffff:10.0.0.1"`` -> the address; anything else None."""
     text = text.strip()

@@ -9,8 +9,10 @@ exception text or a library's message can quote a secret, and this is the one pl
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -37,18 +39,17 @@ class JsonLines(JsonFormatter):
         self.scrub: Callable[[str], str] = _no_scrub
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - stdlib name
-        return _utc(record.created).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return _utc_text(record.created)
 
-    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+    def format(self, record: logging.LogRecord) -> str:
         fields = record.__dict__.get(FIELDS)
         if fields is None:
-            super().add_fields(log_data, record, message_dict)
-            return
-        # an access line (one per request): its fields come as one dict, so the record's other attributes need no
-        # walk (python-json-logger's merge of extras is most of a line's cost)
-        log_data.update(time=record.asctime, level=record.levelname, logger=record.name, pid=record.process,
-                        message=record.message)
-        log_data.update(fields)
+            return super().format(record)
+        # an access line (one per request): its fields come as one dict, and python-json-logger's general path
+        # (merging every extra, its own encoder) would cost most of the line; the same object, written directly
+        line = {"time": _utc_text(record.created), "level": record.levelname, "logger": record.name,
+                "pid": record.process, "message": record.getMessage(), **fields}
+        return json.dumps(self.process_log_record(line), default=str)
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         if self.scrub is _no_scrub:
@@ -79,6 +80,17 @@ class DevLines(logging.Formatter):
 
 def _utc(created: float) -> datetime:
     return datetime.fromtimestamp(created, tz=UTC)
+
+
+_second: list[object] = [None, ""]  # the last whole second formatted, and its text: one strftime a second
+
+
+def _utc_text(created: float) -> str:
+    """``1714560005.678`` -> ``"2024-05-01T10:40:05.678Z"``."""
+    whole = int(created)
+    if _second[0] != whole:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((created - whole) * 1000):03d}Z"
 
 
 def setup_logging(*, dev: bool = False, level: int = logging.INFO, access: bool = True) -> JsonLines | DevLines:
