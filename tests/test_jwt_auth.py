@@ -180,3 +180,48 @@ async def test_a_claim_a_header_cannot_carry_is_a_400_and_nothing_goes_upstream(
     assert f"the token's {claim} claim" in body["message"]
     assert "X-Injected" not in body["message"] and token not in json.dumps(body)
     assert up.seen == []
+
+
+async def test_limits_belong_to_the_signed_in_user(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Any,
+                                                   idp: Idp) -> None:
+    """Two users have separate budgets; one user with two tokens (two tabs, a refreshed token) shares one."""
+    up = Recorder()
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    up.route("GET", "/base/{tail:.*}", echo)
+    port = await up.serve(aiohttp_server)
+    limited = "forwards:\n  limited/[...path]: { upstream: svc, path: '/{path}', rate_limit: 2/minute }\n"
+    client = await gateway(aiohttp_client, tmp_path, port, limited, server=CLIENTS.format(url=idp.url), env=ENV)
+    alice, alice_again, bob = idp.token(sub="alice"), idp.token(sub="alice", iat=int(time.time()) - 5), \
+        idp.token(sub="bob")
+    assert alice != alice_again
+    statuses = []
+    for token in (alice, alice_again, alice, bob, bob, bob):
+        resp = await client.get("/api/limited/x", headers=bearer(token))
+        statuses.append(resp.status)
+        if resp.status == 200:
+            assert '"route";q=2;w=60' in resp.headers["RateLimit-Policy"]
+    assert statuses == [200, 200, 429, 200, 200, 429]
+    assert len(up.seen) == 4
+
+
+async def test_with_forward_claims_the_cache_keeps_one_answer_per_user(aiohttp_client: Any, aiohttp_server: Any,
+                                                                       tmp_path: Any, idp: Idp) -> None:
+    up = Recorder()
+
+    async def whoami(request: web.Request) -> web.Response:
+        return web.json_response({"user": request.headers.get("X-User-Id")})
+
+    up.route("GET", "/base/{tail:.*}", whoami)
+    port = await up.serve(aiohttp_server)
+    cached = "forwards:\n  me/[...path]: { upstream: svc, path: '/{path}', cache: 5m }\n"
+    client = await gateway(aiohttp_client, tmp_path, port, cached, server=CLIENTS.format(url=idp.url), env=ENV)
+    seen = []
+    for sub in ("alice", "bob", "alice", "bob"):
+        resp = await client.get("/api/me/profile", headers=bearer(idp.token(sub=sub)))
+        seen.append(((await resp.json())["user"], resp.headers["X-Cache"]))
+    # the upstream answered per user (it was told who calls): bob never gets alice's kept answer
+    assert seen == [("alice", "MISS"), ("bob", "MISS"), ("alice", "HIT"), ("bob", "HIT")]
+    assert len(up.seen) == 2

@@ -58,7 +58,8 @@ def build_endpoint(endpoint: Endpoint, res: Resources) -> Handler:
         rate_limit(route_policies(clients.rate_limit, endpoint.rate_limit, endpoint.pattern),  # the cheapest
                    res.state),  # refusal once the client is known (a 401 or a preflight is never counted)
         cache(endpoint.cache, res.state, pattern=endpoint.pattern, vary=_vary(endpoint, res),  # below the limit
-              timeout=_timeout(endpoint, res)),  # (a hit still counts), above the call: it holds the masked answer
+              timeout=_timeout(endpoint, res),  # (a hit still counts), above the call: it holds the masked answer;
+              per_client=bool(clients.jwt and clients.jwt.forward_claims)),  # who calls reaches the upstream: per user
     ])
 
 
