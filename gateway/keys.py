@@ -54,6 +54,18 @@ class Facts:
     client: str | None = None  # the client identity ("key:3f2a...", "sub:...", "ip:..."), never a key or a token
     tokens: int | None = None  # model tokens spent, when a budget counts them
     streamed: bool = False  # the answer was streamed (set by the observe step when it is prepared)
+    websocket: WebSocketTraffic | None = None  # what a WebSocket forward's connection carried, once it closed
+
+
+@dataclass(slots=True)
+class WebSocketTraffic:
+    """One WebSocket connection, both ways: counted as messages go, read by the access log and metrics."""
+
+    messages_in: int = 0  # client -> upstream
+    messages_out: int = 0  # upstream -> client
+    bytes_in: int = 0
+    bytes_out: int = 0
+    close_code: int | None = None
 
 
 @dataclass

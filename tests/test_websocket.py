@@ -386,3 +386,41 @@ async def test_a_signed_in_users_token_in_a_subprotocol(rt, aiohttp_server):
     assert ws.protocol == "openai-beta.realtime-v1"
     await ws.close()
     assert token not in str(up.handshakes[-1].headers)
+
+
+async def test_each_connection_gets_an_access_line_and_metrics(aiohttp_server, tmp_path, caplog):
+    import logging
+
+    from gateway.keys import METRICS
+    from gateway.observe.access import AccessLog
+    from gateway.observe.logs import ACCESS, JsonLines
+
+    up = Upstream()
+    server = await aiohttp_server(up.app, access_log=None)
+    (tmp_path / "config.yaml").write_text(CONFIG.format(url=f"http://127.0.0.1:{server.port}", timeout="2s",
+                                                        extra="", more="", clients=""))
+    config = load_config(tmp_path / "config.yaml", environ=ENV)
+    app = create_app(config, build_table(config))
+    gw = await aiohttp_server(app, access_log_class=AccessLog, access_log=logging.getLogger(ACCESS))
+    caplog.set_level(logging.INFO)
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"http://127.0.0.1:{gw.port}/api/realtime/m")
+        for text in ("one", "two"):
+            await ws.send_str(text)
+            await ws.receive(WAIT)
+        await ws.send_bytes(b"\x00" * 10)
+        await ws.receive(WAIT)
+        await ws.close(code=4003)
+    await asyncio.wait_for(up.closed.wait(), WAIT)
+
+    async def logged() -> dict:
+        while not (lines := [r for r in caplog.records if r.name == ACCESS]):
+            await asyncio.sleep(0.01)
+        return json.loads(JsonLines().format(lines[0]))
+
+    line = await asyncio.wait_for(logged(), WAIT)
+    assert line["route"] == "/api/realtime/[model]" and line["status"] == 101 and line["upstream"] == "rt"
+    assert (line["ws_messages_in"], line["ws_messages_out"], line["ws_close_code"]) == (3, 3, 4003)
+    assert line["ws_bytes_in"] == 16 and line["ws_bytes_out"] == len("echo one") + len("echo two") + 10
+    text = app[METRICS].render().decode()
+    assert 'gateway_websocket_messages_total{direction="in",route="/api/realtime/[model]"} 3.0' in text

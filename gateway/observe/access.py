@@ -72,6 +72,9 @@ def _fields(request: web.BaseRequest, method: str, route: str, status: int, seco
                   client=facts.client, streamed=facts.streamed)
     if facts.tokens is not None:
         fields["tokens"] = facts.tokens
+    if (ws := facts.websocket) is not None:  # a WebSocket: the line is written when it closes
+        fields.update(ws_messages_in=ws.messages_in, ws_messages_out=ws.messages_out, ws_bytes_in=ws.bytes_in,
+                      ws_bytes_out=ws.bytes_out, ws_close_code=ws.close_code)
     return fields
 
 
@@ -92,6 +95,10 @@ def _count(metrics: Metrics, route: str, method: str, status: int, seconds: floa
         metrics.cache.labels(route, "hit" if facts.cache == "HIT" else "miss").inc()
     if facts.tokens:
         metrics.tokens.labels(route, facts.upstream or "").inc(facts.tokens)
+    if (ws := facts.websocket) is not None:
+        for direction, messages, size in (("in", ws.messages_in, ws.bytes_in), ("out", ws.messages_out, ws.bytes_out)):
+            metrics.ws_messages.labels(route, direction).inc(messages)
+            metrics.ws_bytes.labels(route, direction).inc(size)
 
 
 def _route_without_facts(request: web.BaseRequest) -> str:

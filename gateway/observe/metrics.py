@@ -67,6 +67,10 @@ class Metrics:
                                     ("route",), registry=reg)
         self.tokens = Counter("gateway_tokens", "Model tokens spent, by route pattern and upstream",
                               ("route", "upstream"), registry=reg)
+        self.ws_messages = Counter("gateway_websocket_messages", "WebSocket messages relayed, by route pattern and "
+                                   "direction (in: client to upstream)", ("route", "direction"), registry=reg)
+        self.ws_bytes = Counter("gateway_websocket_bytes", "WebSocket message bytes relayed, by route pattern and "
+                                "direction", ("route", "direction"), registry=reg)
 
     def render(self) -> bytes:
         if self.directory is None:

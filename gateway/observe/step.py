@@ -52,7 +52,9 @@ def observe(observer: Observer, *, route: str) -> Step:
         try:
             return await call_next(request)
         except asyncio.CancelledError:  # the client left (or shutdown_grace ran out): aiohttp logs no line for it
-            record(request, CLIENT_CLOSED, perf_counter() - started, None, metrics)
+            # a WebSocket the client closed also ends this way: it was a 101 and its close code says how it ended
+            closed = facts.websocket is not None and facts.websocket.close_code is not None
+            record(request, 101 if closed else CLIENT_CLOSED, perf_counter() - started, None, metrics)
             raise
         finally:
             request[INSIDE] = False

@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 from ..config import Config, ForwardConfig
 from ..edge.ws_credential import QUERY_PARAM
 from ..errors import BadRequest, MethodNotAllowed, UpstreamError
-from ..keys import FACTS, MATCH, Resources
+from ..keys import FACTS, MATCH, Resources, WebSocketTraffic
 from ..paths import pattern_of
 from ..routing import Handler
 from .headers import pick_request_headers
@@ -42,17 +42,6 @@ def offered_protocols(header: str) -> list[str]:
     """``"openai-beta.realtime-v1, openai-insecure-api-key.sk-x"`` -> ``["openai-beta.realtime-v1"]``."""
     entries = (p.strip() for p in header.split(","))
     return [p for p in entries if p and not _CREDENTIAL(p) and not _JWT_SHAPED(p)]
-
-
-@dataclass
-class Traffic:
-    """What one connection carried, for the access log and metrics."""
-
-    messages_in: int = 0  # client -> upstream
-    messages_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    close_code: int | None = None
 
 
 @dataclass
@@ -125,7 +114,10 @@ class WebSocketEndpoint:
                     log.warning("upstream %s refused the WebSocket upgrade (status %s)", upstream.name, exc.status)
                     raise UpstreamError(f"upstream {upstream.name!r} refused the WebSocket (status {exc.status})",
                                         ) from None
-            traffic = Traffic()
+            traffic = WebSocketTraffic()
+            facts = request.get(FACTS)
+            if facts is not None:
+                facts.upstream, facts.websocket = upstream.name, traffic  # the access line says what it carried
             try:
                 client = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (), heartbeat=HEARTBEAT,
                                                max_msg_size=forward.max_message)
@@ -133,9 +125,6 @@ class WebSocketEndpoint:
                 await relay(client, up, scrubber.scrub_text, scrubber.scrub, forward.idle_timeout, traffic)
             finally:
                 await up.close()
-                facts = request.get(FACTS)
-                if facts is not None:
-                    facts.upstream = upstream.name
             log.debug("websocket %s closed with %s: %d/%d messages in/out", upstream.name, traffic.close_code,
                       traffic.messages_in, traffic.messages_out)
             return client
@@ -145,7 +134,7 @@ class WebSocketEndpoint:
 
 async def relay(client: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse,
                 scrub_text: Callable[[str], str], scrub_bytes: Callable[[bytes], bytes], idle: float,
-                traffic: Traffic) -> None:
+                traffic: WebSocketTraffic) -> None:
     """Messages both ways until one side closes, fails or stays silent for ``idle`` seconds; then the other side
     is closed too, with the code and reason the first one gave (scrubbed)."""
     loop = asyncio.get_running_loop()
