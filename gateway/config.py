@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 import jmespath
 import jmespath.exceptions
 
+from .config_guard import GuardConfig, read_guard
 from .config_jwt import JwtConfig, auth_mode, auth_problem, check_forward_claims, read_jwt
 from .config_reader import ValueReader, show_value
 from .errors import STYLES
@@ -22,7 +22,7 @@ from .origins import ANY, parse_origin
 from .paths import PLACEHOLDER, PLACEHOLDER_ENV, PathSyntaxError, Segment, params_of, parse_forward_path
 from .secrets import Environment, Secret, redact
 from .state.url import ON_ERROR, StateConfig, parse_state
-from .units import Rate, parse_budget, parse_duration, parse_rate, parse_size
+from .units import Rate, parse_duration, parse_rate, parse_size
 from .upstream.proxy import ProxyError, parse_proxy
 from .yamlsource import ConfigError, YamlPath, load_yaml
 
@@ -89,21 +89,6 @@ class UpstreamConfig:
 class ResponseShape:
     drop: tuple[str, ...] = ()
     select: str | None = None
-
-
-# the spellings of one limit, the most output tokens a model may produce: capping one caps them all (guard.py)
-TOKEN_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
-WHOLE_NUMBERS = (*TOKEN_LIMITS, "n", "best_of")  # guard.cap fields that only take whole numbers >= 1
-GUARDED_METHODS = ("POST", "PUT", "PATCH")  # the methods that carry the JSON bodies a guard checks
-
-
-@dataclass(frozen=True)
-class GuardConfig:
-    """A forward's ``guard:`` (SPEC §11): rules for its JSON request bodies, and a token budget per client."""
-
-    allow: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # top-level field -> allowed values (None: may be absent)
-    cap: tuple[tuple[str, int | float], ...] = ()  # numeric field -> its highest value, set when absent
-    budget: Rate | None = None  # model tokens per client identity and period
 
 
 @dataclass(frozen=True)
@@ -439,7 +424,7 @@ class _Reader(ValueReader):
             self.fail((*path, "auth"), f"auth is {auth!r} but the forward is public: true; keep one of them")
             ok = False
         websocket = self.websocket(raw, path, upstream)
-        guard = self.guard(raw["guard"], (*path, "guard"), methods) if "guard" in raw and websocket else None
+        guard = read_guard(self, raw["guard"], (*path, "guard"), methods) if "guard" in raw and websocket else None
         if not ok or upstream is None or target is None or methods is None or websocket is None:
             return None
         return ForwardConfig(key, segments, upstream, target, methods, cache, rate, response, bool(rewrite),
@@ -474,67 +459,6 @@ class _Reader(ValueReader):
                 self.fail((*path, "methods"), "a WebSocket forward is opened with GET: remove methods or use [GET]")
                 return None
         return out
-
-    def guard(self, value: Any, path: YamlPath, methods: tuple[str, ...] | None) -> GuardConfig | None:
-        """``guard: {allow: {model: [a, b]}, cap: {max_tokens: 512}, budget: 200000/day}`` (SPEC §11)."""
-        raw = self.mapping(value, path, ("allow", "cap", "budget"))
-        if not isinstance(value, dict | None):
-            return None
-        if methods is not None and (others := [m for m in methods if m not in GUARDED_METHODS]):
-            self.fail(path, f"a guard checks JSON request bodies, which {', '.join(others)} requests do not carry: "
-                            f"give this forward methods: [POST] (or put {', '.join(others)} on another forward)")
-        allow = self.guard_allow(raw.get("allow"), (*path, "allow"))
-        cap = self.guard_cap(raw.get("cap"), (*path, "cap"))
-        budget = self.converted(raw["budget"], (*path, "budget"), parse_budget) if "budget" in raw else None
-        if budget is not None and not any(name in TOKEN_LIMITS for name, _ in cap):
-            self.fail((*path, "budget"), "a budget needs a cap on the tokens a request may produce, or its largest "
-                                         "cost is unknown: add cap: {max_tokens: 512} (or max_completion_tokens, "
-                                         "max_output_tokens)")
-        return GuardConfig(allow, cap, budget)
-
-    def guard_allow(self, value: Any, path: YamlPath) -> tuple[tuple[str, tuple[Any, ...]], ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping of JSON fields to lists of allowed values, got {show_value(value)}")
-            return ()
-        out = []
-        for name, listed in value.items():
-            item_path = (*path, str(name))
-            if not isinstance(listed, list) or not listed:
-                self.fail(item_path, f"expected a list of the values allowed, e.g. [gpt-4o-mini], got "
-                                     f"{show_value(listed)}")
-                continue
-            values: list[Any] = []
-            for i, item in enumerate(listed):
-                if isinstance(item, str):
-                    item = self.string(item, (*item_path, i))
-                elif not isinstance(item, bool | int | float | None) or isinstance(item, float) and \
-                        not math.isfinite(item):
-                    self.fail((*item_path, i), f"expected a string, number, true, false or null, got "
-                                               f"{show_value(item)}")
-                    continue
-                values.append(item)
-            out.append((str(name), tuple(values)))
-        return tuple(out)
-
-    def guard_cap(self, value: Any, path: YamlPath) -> tuple[tuple[str, int | float], ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping of JSON fields to their highest value, got {show_value(value)}")
-            return ()
-        out = []
-        for name, limit in value.items():
-            name = str(name)
-            whole = name in WHOLE_NUMBERS
-            if isinstance(limit, bool) or not isinstance(limit, int | float) or not math.isfinite(limit) or \
-                    limit < (1 if whole else 0) or whole and not isinstance(limit, int):
-                need = "a whole number >= 1" if whole else "a number >= 0"
-                self.fail((*path, name), f"expected {need}, got {show_value(limit)}")
-                continue
-            out.append((name, limit))
-        return tuple(out)
 
     def target_path(self, target: str, key: str, segments: tuple[Segment, ...], path: YamlPath) -> bool:
         if not target.startswith("/"):

@@ -12,7 +12,7 @@ import pytest
 from model_support import chunk, usage_chunk
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.config import GuardConfig
+from gateway.config_guard import GuardConfig
 from gateway.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.keys import Facts
 from gateway.pipeline.guard import guard

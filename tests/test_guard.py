@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.config import GuardConfig, load_config
+from gateway.config import load_config
+from gateway.config_guard import GuardConfig
 from gateway.errors import BadRequest
 from gateway.pipeline.guard import Rules, guard, parse_object
 from gateway.pipeline.values import Answer, OutRequest

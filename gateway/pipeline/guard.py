@@ -15,7 +15,7 @@ import json
 from collections.abc import AsyncIterable, Mapping
 from typing import Any
 
-from ..config import TOKEN_LIMITS, WHOLE_NUMBERS, GuardConfig
+from ..config_guard import TOKEN_LIMITS, WHOLE_NUMBERS, GuardConfig
 from ..errors import BadRequest
 from ..state import State
 from .budget import Budget
