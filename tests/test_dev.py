@@ -3,6 +3,7 @@ serve; .env, routes/ subfolders, helpers and *_FILE secrets are watched; a busy 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -10,7 +11,18 @@ import socket
 from pathlib import Path
 
 import pytest
-from cli_support import PYTHON_M, SCRIPT, USER_ROUTE, Reply, Server, clean_env, free_port, make_project, wait_until
+from cli_support import (
+    PYTHON_M,
+    SCRIPT,
+    USER_ROUTE,
+    Reply,
+    Server,
+    clean_env,
+    free_port,
+    make_project,
+    run_cli,
+    wait_until,
+)
 
 from gateway.devloop import project_files
 
@@ -88,8 +100,6 @@ def test_a_broken_route_answers_its_import_error_while_the_others_serve(tmp_path
 
 
 def post(server: Server, path: str) -> tuple[int, object]:
-    import http.client
-
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
         conn.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
@@ -114,8 +124,6 @@ def test_an_import_error_that_quotes_a_secret_is_redacted(tmp_path: Path) -> Non
 
 
 def test_serve_and_check_still_refuse_a_broken_route(tmp_path: Path) -> None:
-    from cli_support import run_cli
-
     make_project(tmp_path, CONFIG, routes={"user.py": USER_ROUTE, "broken.py": SYNTAX_ERROR})
     for args in (("serve", "--port", str(free_port())), ("check",)):
         result = run_cli(PYTHON_M, *args, cwd=tmp_path, env=clean_env(OPENWEATHER_KEY=KEY))
@@ -133,7 +141,9 @@ def test_a_broken_route_still_needs_the_client_key(tmp_path: Path) -> None:
         assert b"SyntaxError" not in reply.body
         reply = server.get("/api/broken", {"X-API-Key": "client-key-9f8e7d6c"})
         assert reply is not None and reply.status == 500 and b"SyntaxError" in reply.body
-        assert server.terminate() == 0
+        os.killpg(server.proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches dev and its child alike
+        assert server.proc.wait(15) == 0
+        assert "Traceback" not in server.stderr
 
 
 # -- what is watched --------------------------------------------------------------------------------------------
@@ -185,8 +195,13 @@ def test_a_secret_file_is_watched(tmp_path: Path) -> None:
         secret.write_text(KEY + "-rotated\n")
         wait_until(lambda: answer(server, "/api/pid") not in (None, (200, {"pid": first})), RESTART,
                    "a new child after the secret file changed", server.alive)
-        assert server.terminate() == 0
+        child = child_pid(server)
+        assert child != server.proc.pid
+        assert server.terminate() == 0  # SIGTERM stops dev and its child
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)  # reaped: gone with its parent
         assert KEY not in server.stderr + server.stdout
+        assert "Traceback" not in server.stderr
 
 
 def test_what_dev_watches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,38 +240,13 @@ def test_routes_named_elsewhere_are_followed(tmp_path: Path) -> None:
 # -- start and stop ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_busy_port_stops_dev_with_one_line(tmp_path: Path, workers: str) -> None:
-    from cli_support import run_cli
-
+def test_a_busy_port_stops_dev_with_one_line(tmp_path: Path) -> None:
     make_project(tmp_path, CONFIG)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli(PYTHON_M, "dev", "--port", str(port), "--workers", workers, cwd=tmp_path,
-                         env=clean_env(OPENWEATHER_KEY=KEY))
+        result = run_cli(PYTHON_M, "dev", "--port", str(port), cwd=tmp_path, env=clean_env(OPENWEATHER_KEY=KEY))
     assert result.returncode == 1
     assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     assert result.stdout == ""
-
-
-def test_sigterm_stops_dev_and_its_child(tmp_path: Path) -> None:
-    make_project(tmp_path, CONFIG, routes={"pid.py": PID_ROUTE})
-    with dev(tmp_path, clean_env(OPENWEATHER_KEY=KEY)) as server:
-        server.wait_ready()
-        child = child_pid(server)
-        assert child != server.proc.pid
-        assert server.terminate() == 0
-        with pytest.raises(ProcessLookupError):
-            os.kill(child, 0)  # reaped: gone with its parent
-        assert "Traceback" not in server.stderr
-
-
-def test_sigint_stops_dev(tmp_path: Path) -> None:
-    make_project(tmp_path, CONFIG)
-    with dev(tmp_path, clean_env(OPENWEATHER_KEY=KEY)) as server:
-        server.wait_ready()
-        os.killpg(server.proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
-        assert server.proc.wait(15) == 0
-        assert "Traceback" not in server.stderr
