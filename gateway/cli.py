@@ -31,11 +31,6 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="An API gateway that keeps API keys off the client.")
     parser.add_argument("--version", action="version", version=f"gateway {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    init = sub.add_parser("init", help="write a starter project: config.yaml, .env.example, routes/hello.py, README.md",
-                          description="write a starter project into DIR (default: the current folder); existing "
-                                      "files are never overwritten")
-    init.add_argument("dir", nargs="?", default=".", metavar="DIR")
-    init.set_defaults(run=_init)
     for name, run, text in (
         ("serve", _serve, "run the server"),
         ("dev", _dev, "serve, restarting when the config, its .env, a file under routes/ or a *_FILE secret changes; "
@@ -50,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--port", type=_port, help="port (default: $PORT, else server.port, else 8080)")
             cmd.add_argument("--workers", type=_workers, help="processes sharing the port (default: server.workers)")
         cmd.set_defaults(run=run)
+    init = sub.add_parser("init", help="write a starter project: config.yaml, .env.example, routes/hello.py, README.md",
+                          description="write a starter project into DIR (default: the current folder); existing "
+                                      "files are never overwritten")
+    init.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    init.set_defaults(run=_init)
     return parser
 
 
