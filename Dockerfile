@@ -3,7 +3,7 @@
 #   docker run -p 8080:8080 -e OPENAI_API_KEY=sk-... gateway          (or -e OPENAI_API_KEY_FILE=/run/secrets/...)
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY gateway ./gateway
 RUN python -m venv /venv && /venv/bin/pip install --no-cache-dir --disable-pip-version-check .
 

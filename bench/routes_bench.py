@@ -2,10 +2,11 @@
 
 Each table mixes static routes (`s{i}.py`) and dynamic ones (`d{i}/[id].py`); the load hits the route
 registered last, where a linear scan would hurt most. The gateway is pinned to CPU 0 and the load to CPU 1
-when `taskset` exists. The load is wrk when installed (bench/setup in ../shared/bench installs it), else a
-bounded aiohttp client loop. Only 127.0.0.1 is used; every run is bounded in time.
+when `taskset` exists. The load is wrk when installed (`apt-get install wrk`), else a bounded aiohttp client loop
+whose figures are only indicative. Only 127.0.0.1 is used; every run is bounded in time (the defaults: about a
+minute).
 
-    make bench                     # or: .venv/bin/python bench/routes_bench.py --reps 3 --seconds 5
+    make bench                     # after bench/proxy_bench.py; or: .venv/bin/python bench/routes_bench.py --reps 3
 Prints req/s per table size and the ratio 1000/10 per repetition (a ratio near 1.0 means no growth).
 """
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from aiohttp import web, web_response
 
+from .broken_route import BrokenRoute
 from .config import Config
 from .config_jwt import auth_problem
 from .discovery import RouteFile, RouteFileError, discover, import_route, prepare_imports
@@ -50,8 +51,11 @@ class StartupError(Exception):
         self.problems = problems
 
 
-def build_table(config: Config) -> RouteTable:
-    """Discover and import every route file, add the forwards, and check that no two answer the same path."""
+def build_table(config: Config, *, broken: list[str] | None = None) -> RouteTable:
+    """Discover and import every route file, add the forwards, and check that no two answer the same path.
+
+    ``broken`` (gateway dev): a route module that cannot be used is not a problem that stops start-up; its error is
+    appended there and a BrokenRoute answers its path with it, so every other route keeps serving."""
     routes_dir = config.routes_dir
     table = RouteTable(config.server.prefix)
     files: list[RouteFile] = []
@@ -70,7 +74,11 @@ def build_table(config: Config) -> RouteTable:
             module = import_route(route, routes_dir)
             endpoints.append(FileEndpoint(route, module, table.prefix, app_max_body=config.server.max_body))
         except RouteFileError as exc:
-            problems.append(str(exc))
+            if broken is None:
+                problems.append(str(exc))
+            else:
+                broken.append(str(exc))
+                endpoints.append(BrokenRoute(route, str(exc), table.prefix))
     for endpoint in endpoints:  # a route module's config["auth"] needs that kind of client configured
         if problem := auth_problem(endpoint.auth, bool(config.clients.api_keys), config.clients.jwt is not None):
             problems.append(f"{endpoint.source}: config['auth']: {problem}")

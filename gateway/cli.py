@@ -1,4 +1,4 @@
-"""The command line: ``gateway serve | dev | check | routes``. Config problems print one line each, exit 1."""
+"""The command line: ``gateway serve | dev | check | routes | init``. Config problems print one line each, exit 1."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import argparse
 import os
 import signal
 import sys
+from importlib import metadata
 from pathlib import Path
 
-from .config import Config, load_config
+from .config import Config
 from .observe.logs import setup_logging
 from .reload import LoadError, Project, protect_logs
 from .routing import RouteTable
+from .server import CANNOT_LISTEN
+from .starter import StarterError, next_steps, write_starter
 from .state import state_report
-from .yamlsource import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,12 +29,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="An API gateway that keeps API keys off the client.")
+    parser.add_argument("--version", action="version", version=f"gateway {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, run, text in (
         ("serve", _serve, "run the server"),
-        ("dev", _dev, "serve, reloading when routes/ or the config change; tracebacks in 500 bodies"),
+        ("dev", _dev, "serve, restarting when the config, its .env, a file under routes/ or a *_FILE secret changes; "
+                      "tracebacks and route import errors in 500 bodies"),
         ("check", _check, "validate the config, the environment and every route module, then print the routes"),
-        ("routes", _routes, "print the route table"),
+        ("routes", _routes, "print the route table (needs no secrets)"),
     ):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", help="config file (default: $GATEWAY_CONFIG or ./config.yaml)")
@@ -41,7 +45,19 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--port", type=_port, help="port (default: $PORT, else server.port, else 8080)")
             cmd.add_argument("--workers", type=_workers, help="processes sharing the port (default: server.workers)")
         cmd.set_defaults(run=run)
+    init = sub.add_parser("init", help="write a starter project: config.yaml, .env.example, routes/hello.py, README.md",
+                          description="write a starter project into DIR (default: the current folder); existing "
+                                      "files are never overwritten")
+    init.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    init.set_defaults(run=_init)
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("gateway")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def _port(text: str) -> int:
@@ -66,8 +82,9 @@ def load(args: argparse.Namespace) -> tuple[Config, RouteTable] | None:
     return None if opened is None else opened[1:]
 
 
-def _open(args: argparse.Namespace) -> tuple[Project, Config, RouteTable] | None:
-    project = Project(_config_path(args))
+def _open(args: argparse.Namespace, *, dev: bool = False,
+          lenient: bool = False) -> tuple[Project, Config, RouteTable] | None:
+    project = Project(_config_path(args), dev=dev, lenient=lenient)
     try:
         config, table = project.load()
     except LoadError as exc:
@@ -84,10 +101,14 @@ def _print_problems(problems: list[str]) -> None:
 
 
 def _routes(args: argparse.Namespace) -> int:
-    loaded = load(args)
-    if loaded is None:
+    opened = _open(args, lenient=True)  # the table names no secret: it is printed without them
+    if opened is None:
         return 1
-    print_table(loaded[1])
+    _, config, table = opened
+    print_table(table)
+    if config.unset:
+        names = ", ".join(config.unset)
+        print(f"note: not set: {names} (gateway check and serve need them)", file=sys.stderr)
     return 0
 
 
@@ -122,10 +143,16 @@ def _check(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, *, debug: bool = False) -> int:
     # SIGHUP's default action ends the process: until the server handles it (a reload), it is ignored
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    opened = _open(args)
+    opened = _open(args, dev=debug)
     if opened is None:
         return 1
     project, config, table = opened
+    for problem in project.broken:  # only under dev: each once, here; the route answers 500 with it
+        print(f"error: {problem}", file=sys.stderr)
+    if project.broken:
+        count = len(project.broken)
+        print(f"gateway dev: {count} route{'s' if count > 1 else ''} answer{'' if count > 1 else 's'} 500 with "
+              f"{'their' if count > 1 else 'its'} error until fixed; the other routes are served", file=sys.stderr)
     host = args.host or config.server.host
     port = args.port
     if port is None and os.environ.get("PORT"):
@@ -141,33 +168,38 @@ def _serve(args: argparse.Namespace, *, debug: bool = False) -> int:
     # from here on every line is JSON (readable lines under `gateway dev`), scrubbed
     setup_logging(dev=debug, access=config.server.access_log)
     protect_logs(project)
-    return run(project, config, table, host=host, port=port, workers=workers, debug=debug)
+    code = run(project, config, table, host=host, port=port, workers=workers, debug=debug)
+    # the dev loop stops on CANNOT_LISTEN (a file change would not help); to everyone else it is a start-up error
+    return code if debug or code != CANNOT_LISTEN else 1
 
 
 def _dev(args: argparse.Namespace) -> int:
-    """Serve in a child process and restart it whenever routes/ or the config changes."""
-    import watchfiles
+    """Serve in a child process, and start a new one whenever a file of the project changes (devloop.py)."""
+    from .devloop import run_dev
 
     path = _config_path(args).resolve()
-    try:
-        config = load_config(path)
-        watched = [str(path)] + ([str(config.routes_dir)] if config.routes_dir is not None else [])
-    except ConfigError:
-        watched = [str(path.parent)]  # fix the config and the watcher picks it up
-    watched = [w for w in watched if Path(w).exists()]
-    print(f"gateway dev: watching {', '.join(watched)}", file=sys.stderr)
     argv = ["--config", str(path)]
     for flag in ("host", "port", "workers"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]
-    watchfiles.run_process(*watched, target=_dev_child, args=(argv,), watch_filter=_source_filter)
-    return 0
-
-
-def _source_filter(change: watchfiles.Change, path: str) -> bool:  # noqa: F821 - imported lazily above
-    return path.endswith((".py", ".yaml", ".yml", ".env")) and "__pycache__" not in path
+    return run_dev(path, _dev_child, (argv,))
 
 
 def _dev_child(argv: list[str]) -> None:
     args = _parser().parse_args(["serve", *argv])
-    raise SystemExit(_serve(args, debug=True))
+    try:
+        code = _serve(args, debug=True)
+    except KeyboardInterrupt:  # Ctrl-C before the server took over SIGINT
+        code = 0
+    raise SystemExit(code)
+
+
+def _init(args: argparse.Namespace) -> int:
+    folder = Path(args.dir)
+    try:
+        written = write_starter(folder)
+    except StarterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(next_steps(folder, written))
+    return 0

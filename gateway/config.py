@@ -121,24 +121,29 @@ class Config:
     forwards: tuple[ForwardConfig, ...] = ()
     secret_values: frozenset[str] = field(default=frozenset(), repr=False)  # raw values: never in repr(config)
     state: StateConfig | None = None  # Redis (SPEC §9); None: rate limits and the cache in each process's memory
+    unset: tuple[str, ...] = ()  # variables a lenient load found unset (their values were not checked)
 
     @property
     def routes_dir(self) -> Path | None:
         return (self.file.parent / self.server.routes).resolve() if self.server.routes is not None else None
 
 
-def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate ``path``; raises ConfigError listing every problem found."""
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None, *, lenient: bool = False) -> Config:
+    """Read and validate ``path``; raises ConfigError listing every problem found.
+
+    ``lenient``: an unset environment variable reads as "" and the value that reads it is not checked (``gateway
+    routes`` prints the table without needing the secrets); ``Config.unset`` names those variables.
+    """
     path = Path(path)
     display = os.path.relpath(path) if not Path(os.path.relpath(path)).parts[:1] == ("..",) else str(path)
     doc = load_yaml(path, display)
-    env = Environment.load(path.resolve().parent, os.environ if environ is None else environ)
+    env = Environment.load(path.resolve().parent, os.environ if environ is None else environ, lenient=lenient)
     reader = _Reader(doc, env)
     config = reader.config(path.resolve())
     if reader.problems:
         # a secret may also be used where a value is quoted (a url, a header name): never print it
         raise ConfigError([replace(p, message=redact(p.message, reader.secrets)) for p in reader.problems])
-    return config
+    return replace(config, unset=tuple(sorted(set(env.unset)))) if env.unset else config
 
 
 class _Reader(ValueReader):
@@ -321,7 +326,9 @@ class _Reader(ValueReader):
         if "url" not in raw:
             self.fail(path, "missing 'url': give the upstream's base URL, e.g. url: https://api.example.com/v1")
         elif (url := self.string(raw["url"], (*path, "url"))) is not None:
-            if not _is_base_url(url):
+            if (*path, "url") in self.unchecked:
+                url = "https://unset.invalid"  # a lenient load: the URL is not needed to list the routes
+            elif not _is_base_url(url):
                 self.fail((*path, "url"), f"{url!r} is not an http(s) (or ws(s)) base URL like "
                                           "https://api.example.com/v1")
                 url = None

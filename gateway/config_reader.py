@@ -36,11 +36,14 @@ class ValueReader:
         self.env = env
         self.problems: list[Problem] = []
         self.secrets: set[str] = set()
+        self.unchecked: set[YamlPath] = set()  # values that read an unset variable in a lenient load
         self._known: dict[YamlPath, tuple[str, ...]] = {}  # the keys each mapping read so far may hold
         for dup_path, line in doc.duplicates:
             self.problems.append(Problem(doc.file, line, dotted(dup_path), "duplicate key: remove one of them"))
 
     def fail(self, path: YamlPath, message: str) -> None:
+        if path in self.unchecked:
+            return  # its value is a stand-in for an unset variable: nothing to say about it
         self.problems.append(Problem(self.doc.file, self.doc.line(path), dotted(path), message))
 
     # -- scalars -------------------------------------------------------------------------------------------
@@ -76,8 +79,11 @@ class ValueReader:
             name = bare[1]  # "Bearer $OPENAI_API_KEY" would send that very text upstream, not the key
             self.fail(path, f"${name} is sent as written, not read from the environment: write ${{{name}}}")
             return None
+        unset = len(self.env.unset)
         try:
             text, used = self.env.interpolate(str(value))
+            if len(self.env.unset) > unset:
+                self.unchecked.add(path)
         except MissingVariable as exc:
             self.fail(path, f"environment variable {exc.name} is not set: set it, add it to .env beside the config, "
                             f"or give a default with ${{{str(exc.name).split(' ')[0]}:-value}}")

@@ -35,8 +35,11 @@ class LoadError(Exception):
 class Project:
     """One config file and what it brings: the .env beside it and routes/, loaded as a whole or not at all."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, dev: bool = False, lenient: bool = False) -> None:
         self.path = path
+        self.dev = dev  # gateway dev: a route module that fails to import answers 500 with its error (``broken``)
+        self.lenient = lenient  # gateway routes: unset variables are not needed (see load_config)
+        self.broken: list[str] = []  # the import errors of the routes that stand in for modules under dev
         self.config: Config | None = None  # what is being served
         self.secrets: frozenset[str] = frozenset()  # every secret value loaded so far: kept out of the log lines
         self._from_dotenv: dict[str, str] = {}  # what this process put into os.environ from .env
@@ -46,7 +49,7 @@ class Project:
         # the real environment: without what an older .env put there, so that a changed .env is seen
         real = {k: v for k, v in os.environ.items() if self._from_dotenv.get(k) != v}
         try:
-            config = load_config(self.path, real)
+            config = load_config(self.path, real, lenient=self.lenient)
         except ConfigError as exc:
             raise LoadError([str(p) for p in exc.problems]) from None
         if self.config is not None and config.server.prefix != self.config.server.prefix:
@@ -54,14 +57,16 @@ class Project:
             raise LoadError([f"{config.file.name}: server.prefix: changed from {old} to {new}, which needs a "
                              "restart of the gateway"])
         before = self._use_dotenv(config, real)
+        broken: list[str] | None = [] if self.dev else None
         try:
-            table = build_table(config)
+            table = build_table(config, broken=broken)
         except StartupError as exc:
             self._use_dotenv_values(before)
             # a route module's import error may quote os.environ: never print a secret's value
             raise LoadError([redact(problem, config.secret_values) for problem in exc.problems]) from None
         self.config = config
         self.secrets |= config.secret_values
+        self.broken = [redact(problem, config.secret_values) for problem in broken or ()]
         return config, table
 
     def _use_dotenv(self, config: Config, real: dict[str, str]) -> dict[str, str]:

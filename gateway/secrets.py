@@ -57,9 +57,11 @@ class Environment:
 
     values: Mapping[str, str]
     used: list[str] = field(default_factory=list)
+    lenient: bool = False  # an unset variable reads as "" and is listed in ``unset`` (gateway routes: no secrets)
+    unset: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, config_dir: Path, environ: Mapping[str, str]) -> Environment:
+    def load(cls, config_dir: Path, environ: Mapping[str, str], *, lenient: bool = False) -> Environment:
         merged = dict(environ)
         dotenv = config_dir / ".env"
         if dotenv.is_file():
@@ -67,9 +69,18 @@ class Environment:
                 # the real environment wins, also when it gives the value as a file (KEY_FILE beats .env's KEY)
                 if value is not None and key not in environ and f"{key}_FILE" not in environ:
                     merged[key] = value
-        return cls(merged)
+        return cls(merged, lenient=lenient)
 
     def lookup(self, name: str, default: str | None) -> str:
+        try:
+            return self._lookup(name, default)
+        except MissingVariable:
+            if not self.lenient:
+                raise
+            self.unset.append(name)
+            return ""
+
+    def _lookup(self, name: str, default: str | None) -> str:
         if name in self.values:
             value = self.values[name]
         elif f"{name}_FILE" in self.values:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
@@ -27,6 +29,7 @@ from .routing import RouteTable
 from .secrets import redact
 
 log = logging.getLogger("gateway")
+CANNOT_LISTEN = 3  # returned when the port cannot be listened on: `gateway serve` exits 1, `gateway dev` stops
 
 
 def run(project: Project, config: Config, table: RouteTable, *, host: str, port: int, workers: int,
@@ -40,7 +43,7 @@ def run(project: Project, config: Config, table: RouteTable, *, host: str, port:
 
 def serve(project: Project, config: Config, table: RouteTable, *, host: str, port: int, debug: bool,
           reuse_port: bool = False) -> int:
-    """Serve until SIGTERM/SIGINT: 0; 1 after one ``error:`` line when the port cannot be listened on."""
+    """Serve until SIGTERM/SIGINT: 0; CANNOT_LISTEN after one ``error:`` line when the port cannot be listened on."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(_serve(project, config, table, host, port, debug, reuse_port))
 
@@ -68,10 +71,10 @@ async def _serve(project: Project, config: Config, table: RouteTable, host: str,
         await site.start()
     except (OSError, OverflowError, UnicodeError) as exc:  # address in use, no such address, a label too long (idna)
         await runner.cleanup()
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        reason = _why_not(exc)
         # the host may be a secret's value (`server.host: ${KEY}` by mistake): every line printed is redacted
         print(redact(f"error: cannot listen on {host}:{port}: {reason}", config.secret_values), file=sys.stderr)
-        return 1
+        return CANNOT_LISTEN
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -86,6 +89,14 @@ async def _serve(project: Project, config: Config, table: RouteTable, host: str,
     await runner.cleanup()
     log.info("stopped")
     return 0
+
+
+def _why_not(exc: Exception) -> str:
+    """``Address already in use``: aiohttp words a bind error "error while attempting to bind on address (...): ..."
+    (the address once more, in lower case); the errno says it plainly. A name that does not resolve keeps its text."""
+    if isinstance(exc, OSError) and not isinstance(exc, socket.gaierror) and exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def _reload(app: web.Application, project: Project) -> None:
@@ -103,4 +114,4 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-__all__ = ["run", "serve"]
+__all__ = ["CANNOT_LISTEN", "run", "serve"]

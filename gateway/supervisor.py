@@ -25,7 +25,7 @@ from .config import Config
 from .observe.metrics import enable_multiprocess, forget_process
 from .reload import LoadError, Project, protect_logs, warn_restart_only
 from .routing import RouteTable
-from .server import serve
+from .server import CANNOT_LISTEN, serve
 
 log = logging.getLogger("gateway.supervisor")
 SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
@@ -40,7 +40,7 @@ def supervise(project: Project, config: Config, table: RouteTable, *, host: str,
     problem = _probe(host, port)
     if problem is not None:
         print(f"error: cannot listen on {host}:{port}: {problem}", file=sys.stderr)
-        return 1
+        return CANNOT_LISTEN
     directory = tempfile.mkdtemp(prefix="gateway-metrics-")
     try:
         return Supervisor(project, config, table, host, port, workers, debug, directory).run()

@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -215,11 +216,42 @@ def rows_methods(rows: list[list[str]], path: str) -> str:
     return methods
 
 
-def test_routes_fails_like_check(tmp_path: Path) -> None:
-    make_project(tmp_path, CONFIG)
+def test_routes_needs_no_secrets(tmp_path: Path) -> None:
+    command = SCRIPT
+    # every kind of value a variable may fill: a secret, a whole URL, part of one, a proxy, a client key, Redis
+    config = CONFIG.replace("url: https://api.openweathermap.org/data/2.5", "url: ${WEATHER_URL}")
+    config = config.replace("forwards:\n", "  second:\n    url: https://${SECOND_HOST}/v1\n"
+                                           "    proxy: http://u:${PROXY_PASS}@127.0.0.1:1\n"
+                                           "forwards:\n  other:\n    upstream: second\n")
+    config += "clients:\n  api_keys: ['${CLIENT_KEY}']\nstate: redis://:${REDIS_PASSWORD}@127.0.0.1:1/0\n"
+    make_project(tmp_path, config)
+    result = run_cli(command, "routes", cwd=tmp_path, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert sorted(table(result.stdout)[1:]) == sorted([*EXPECTED_TABLE[1:], ["/api/other", "GET,HEAD,OPTIONS",
+                                                                            "forward", "second"]])
+    assert result.stderr == ("note: not set: CLIENT_KEY, OPENWEATHER_KEY, PROXY_PASS, REDIS_PASSWORD, SECOND_HOST, "
+                             "WEATHER_URL (gateway check and serve need them)\n")
+    # check and serve still need every one of them
+    result = run_cli(command, "check", cwd=tmp_path, env=clean_env())
+    assert result.returncode == 1
+    assert len(errors(result.stderr)) == 6
+    # with the secrets set, nothing of them is printed
+    values = {"WEATHER_URL": "https://w.example/v1", "OPENWEATHER_KEY": KEY, "SECOND_HOST": "s.example",
+              "PROXY_PASS": "proxy-pass-1c2d3e4f", "CLIENT_KEY": "client-key-5a6b7c8d",
+              "REDIS_PASSWORD": "redis-9e8f7a6b"}
+    result = run_cli(command, "routes", cwd=tmp_path, env=clean_env(**values))
+    assert result.returncode == 0 and result.stderr == ""
+    for secret in (KEY, "proxy-pass-1c2d3e4f", "client-key-5a6b7c8d", "redis-9e8f7a6b"):
+        assert secret not in result.stdout
+
+
+def test_routes_still_reports_every_other_problem(tmp_path: Path) -> None:
+    make_project(tmp_path, CONFIG.replace("    upstream: weather\n    path", "    upstream: wether\n    path"))
     result = run_cli(PYTHON_M, "routes", cwd=tmp_path, env=clean_env())
     assert result.returncode == 1
-    assert len(errors(result.stderr)) == 1 and "OPENWEATHER_KEY is not set" in result.stderr
+    assert errors(result.stderr) == [
+        "config.yaml:11: forwards.weather/[city].upstream: unknown upstream 'wether': did you mean 'weather'?",
+    ]
     assert result.stdout == ""
 
 
@@ -335,18 +367,10 @@ def test_host_option_is_honoured(tmp_path: Path) -> None:
         assert server.terminate() == 0
 
 
-@pytest.mark.parametrize("command", ["serve", "dev"])
-def test_a_route_module_that_fails_to_import_stops_serve(tmp_path: Path, command: str) -> None:
+def test_a_route_module_that_fails_to_import_stops_serve(tmp_path: Path) -> None:
+    # (under dev it answers 500 with its error while the other routes serve: tests/test_dev.py)
     make_project(tmp_path, CONFIG, routes={"user.py": USER_ROUTE, "broken.py": "1/0\n"})
     port = free_port()
-    if command == "dev":
-        # dev keeps watching so the fix is picked up; the problem is still reported, naming the file
-        with Server(PYTHON_M, "dev", "--port", str(port), cwd=tmp_path, env=clean_env(**ENV), port=port) as server:
-            wait_until(lambda: "routes/broken.py" in server.stderr, 20, "the import error", server.alive)
-            assert "error: routes/broken.py: failed to import: ZeroDivisionError: division by zero (line 1)" \
-                in server.stderr
-            assert server.get("/healthz") is None
-        return
     result = run_cli(PYTHON_M, "serve", "--port", str(port), cwd=tmp_path, env=clean_env(**ENV))
     assert result.returncode == 1
     assert errors(result.stderr) == ["routes/broken.py: failed to import: ZeroDivisionError: division by zero (line 1)"]
@@ -362,17 +386,42 @@ def test_serve_with_a_bad_config_exits_1(tmp_path: Path) -> None:
     ]
 
 
-def test_a_port_in_use_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_prints_one_line_and_nothing_else(tmp_path: Path, workers: str) -> None:
     make_project(tmp_path, CONFIG)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli(PYTHON_M, "serve", "--port", str(port), cwd=tmp_path, env=clean_env(**ENV))
+        result = run_cli(PYTHON_M, "serve", "--port", str(port), "--workers", workers, cwd=tmp_path,
+                         env=clean_env(**ENV))
     assert result.returncode == 1
-    assert [e.startswith(f"cannot listen on 127.0.0.1:{port}: ") for e in errors(result.stderr)] == [True]
-    assert "address already in use" in result.stderr
-    assert "Traceback" not in result.stderr
+    # nothing says "listening" (or anything else) before or after it: the one line says what is wrong
+    assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert result.stdout == ""
+
+
+def test_listening_is_said_once_the_port_is_bound(tmp_path: Path) -> None:
+    make_project(tmp_path, CONFIG, routes={"user.py": USER_ROUTE, "broken.py": "1/0\n"})
+    port = free_port()
+    with Server(PYTHON_M, "dev", "--port", str(port), cwd=tmp_path, env=clean_env(**ENV), port=port) as server:
+        server.wait_ready()
+        wait_until(lambda: "gateway listening on" in server.stderr, 10, "the listening line", server.alive)
+        lines = server.stderr.splitlines()
+        # the problems first, then the line that says it serves: a browser may now call it
+        assert [i for i, line in enumerate(lines) if "routes/broken.py" in line] == [0]
+        assert "gateway listening on http://127.0.0.1:" in lines[-1] and "(4 routes)" in lines[-1]
+        assert server.terminate() == 0
+
+
+def test_version_comes_from_the_package_metadata(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    result = run_cli(SCRIPT, "--version", cwd=tmp_path, env=clean_env())
+    assert result.returncode == 0
+    assert result.stdout == f"gateway {metadata.version('gateway')}\n"
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert metadata.version("gateway") == pyproject["project"]["version"]  # as installed, no copy kept in the code
 
 
 SLOW_ROUTE = """\
