@@ -21,8 +21,8 @@ from .app import create_app
 from .config import Config
 from .edge.jwks import JwksUnavailable
 from .intake import GatewayRunner
-from .keys import RUNTIME
-from .observe.access import AccessLog
+from .keys import OBSERVER, RUNTIME
+from .observe.access import AccessLog, write_pending
 from .observe.logs import ACCESS
 from .reload import Project, reload
 from .routing import RouteTable
@@ -87,6 +87,9 @@ async def _serve(project: Project, config: Config, table: RouteTable, host: str,
     grace = config.server.shutdown_grace
     log.info("shutting down: no new connections; requests in flight get up to %gs", grace)
     await runner.cleanup()
+    write_pending()  # the last requests' lines and numbers, before the process ends
+    if (metrics := app[OBSERVER].metrics) is not None:
+        metrics.flush()
     log.info("stopped")
     return 0
 

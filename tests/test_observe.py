@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from upstream_support import (  # noqa: F401  (no_secret_logged is an autouse fixture)
     ENV,
@@ -31,6 +32,7 @@ from upstream_support import (  # noqa: F401  (no_secret_logged is an autouse fi
 from gateway.app import build_table, create_app
 from gateway.config import load_config
 from gateway.mask.scrub import Scrubber
+from gateway.observe.access import write_pending
 from gateway.observe.logs import ACCESS, DevLines, JsonLines
 from gateway.yamlsource import ConfigError
 
@@ -63,8 +65,9 @@ async def serve_gateway(aiohttp_server: Any, tmp_path: Path, up_port: int, *, se
 
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     """The access log records, as the JSON lines the gateway writes (parsed back: each must be valid JSON)."""
+    write_pending()  # lines of requests answered in this loop turn are logged on the next one
     formatter = JsonLines()
-    return [json.loads(formatter.format(r)) for r in caplog.records if r.name == ACCESS]
+    return [json.loads(line) for r in caplog.records if r.name == ACCESS for line in formatter.format(r).split("\n")]
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -262,9 +265,10 @@ async def test_a_client_request_id_shaped_like_a_key_is_scrubbed_as_serve_does(a
     gw = await serve_gateway(aiohttp_server, tmp_path, await free_port())
     async with aiohttp.ClientSession() as session:
         await get(session, f"http://127.0.0.1:{gw.port}/api/user", headers={"X-Request-Id": SECRET[:24]})
+    write_pending()
     formatter = JsonLines()
     formatter.scrub = Scrubber(SECRETS).scrub_text  # what `gateway serve` installs (reload.protect_logs)
-    lines = [formatter.format(r) for r in caplog.records if r.name == ACCESS]
+    lines = [line for r in caplog.records if r.name == ACCESS for line in formatter.format(r).split("\n")]
     assert len(lines) == 1 and not leaks(lines[0]) and "[REDACTED]" in lines[0]
 
 
@@ -332,3 +336,88 @@ def test_formatters_scrub_every_field_and_dev_lines_are_readable():
     human = dev_lines.format(record)
     assert not leaks(human) and "\n" not in human
     assert "ERROR" in human and "bad header '[REDACTED]'" in human and "reason=refused for [REDACTED]" in human
+
+
+def _batch(*lines: dict[str, Any]) -> logging.LogRecord:
+    """An access record as write_pending logs it: the lines of one loop turn."""
+    record = logging.LogRecord(ACCESS, logging.INFO, __file__, 1, "%d requests", (len(lines),), None)
+    record.lines = list(lines)
+    return record
+
+
+def _access_line(**fields: Any) -> dict[str, Any]:
+    line = {"time": 1764700000.5, "level": "INFO", "logger": ACCESS, "pid": None, "message": "GET /api/user 200",
+            "request_id": "r1", "method": "GET", "route": "/api/user", "status": 200, "duration_ms": 1.5,
+            "bytes": 12, "upstream": None}
+    return {**line, **fields}
+
+
+def test_a_batch_of_access_lines_is_one_valid_json_line_each_and_scrubbed():
+    json_lines, dev_lines = JsonLines(), DevLines()
+    for formatter in (json_lines, dev_lines):
+        formatter.scrub = Scrubber(SECRETS).scrub_text
+    digits = "7301942285551203"  # a secret of digits: it must not break a number's JSON when it is redacted
+    json_lines.scrub = Scrubber([*SECRETS, digits]).scrub_text
+    record = _batch(_access_line(request_id=SECRET[:20]), _access_line(status=404, bytes=int(digits)),
+                    _access_line(client=f"ip:{QSECRET}", route="/api/q\"uote\t"))
+    text = json_lines.format(record)
+    parsed = [json.loads(line) for line in text.split("\n")]
+    assert len(parsed) == 3 and not leaks(text)
+    assert [p["status"] for p in parsed] == [200, 404, 200]
+    assert parsed[0]["time"] == "2025-12-02T18:26:40.500Z" and parsed[0]["pid"] == record.process
+    assert parsed[0]["request_id"] == "[REDACTED]" and parsed[2]["client"] == "ip:[REDACTED]"
+    assert parsed[1]["bytes"] == int(digits)  # strings are redacted, numbers are not rewritten
+    assert parsed[2]["route"] == "/api/q\"uote\t"
+    assert list(parsed[1])[:5] == ["time", "level", "logger", "pid", "message"]
+    assert json_lines.format(record) == text  # formatting does not change the record: a second handler sees the same
+    human = dev_lines.format(record).split("\n")
+    assert len(human) == 3 and "INFO" in human[1] and "status=404" in human[1] and not leaks("\n".join(human))
+
+
+def test_access_lines_of_one_loop_turn_are_logged_on_the_next_in_order(caplog):
+    from gateway.observe.access import record
+
+    caplog.set_level(logging.INFO, logger=ACCESS)
+
+    class Request(dict):  # what record() reads of an aiohttp request
+        method = "GET"
+        headers: dict[str, str] = {}
+
+    async def main() -> list[logging.LogRecord]:
+        for i in range(5):
+            record(Request(), 200 + i, 0.001, 10, None)
+        assert not [r for r in caplog.records if r.name == ACCESS]  # nothing written yet in this turn
+        await asyncio.sleep(0)
+        return [r for r in caplog.records if r.name == ACCESS]
+
+    records = asyncio.run(main())
+    assert len(records) == 1
+    lines = [json.loads(line) for line in JsonLines().format(records[0]).split("\n")]
+    assert [line["status"] for line in lines] == [200, 201, 202, 203, 204]
+    assert {line["route"] for line in lines} == {"(unmatched)"}
+
+
+def test_metrics_added_up_between_flushes_render_as_prometheus_would_count_them():
+    from prometheus_client import Counter, Histogram
+
+    from gateway.observe.metrics import BUCKETS, Metrics
+
+    batched = Metrics()
+    direct = CollectorRegistry()
+    requests = Counter("gateway_requests", "x", ("route", "method", "status"), registry=direct)
+    duration = Histogram("gateway_request_duration_seconds", "x", ("route", "method", "status"), buckets=BUCKETS,
+                         registry=direct)
+    # every bucket bound exactly (le is inclusive), between bounds, beyond the last, and two label sets
+    values = [*BUCKETS, 0.0, 0.004, 0.007, 0.3, 61.0, 1e9]
+    for i, seconds in enumerate(values):
+        labels = ("/api/a" if i % 2 else "/api/b", "GET", "200")
+        batched.count(batched.requests, labels)
+        batched.observe(batched.duration, labels, seconds)
+        requests.labels(*labels).inc()
+        duration.labels(*labels).observe(seconds)
+        if i == 7:
+            batched.flush()  # a flush halfway: the rest adds to what was handed over
+    got, want = samples(batched.render().decode()), samples(generate_latest(direct).decode())
+    wanted = {key: v for key, v in want.items() if not key[0].endswith("_created")}
+    assert {key: got.get(key) for key in wanted} == wanted
+    assert value(batched.render().decode(), "gateway_requests_in_flight") == 0

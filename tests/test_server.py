@@ -94,6 +94,9 @@ def test_metrics_answer_for_every_worker(tmp_path: Path) -> None:
             pids.add(json.loads(reply.body)["pid"])
             sent += 1
         assert len(pids) == 2, f"{sent} requests all went to one worker"
+        # each worker hands its numbers over at most FLUSH_SECONDS after a request: wait for the other one's
+        wait_until(lambda: total(get(server.port, "/metrics").body.decode(), "gateway_requests_total",
+                                 route="/api/user") == sent, WAIT, "both workers' requests counted", server.alive)
         scrapes = [get(server.port, "/metrics").body.decode() for _ in range(4)]  # whichever worker answers
         for text in scrapes:
             assert total(text, "gateway_requests_total", route="/api/user") == sent

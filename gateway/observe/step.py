@@ -47,7 +47,7 @@ def observe(observer: Observer, *, route: str) -> Step:
         if task is not None:
             running.add(task)
         if metrics is not None:
-            metrics.in_flight.inc()
+            metrics.in_flight_now += 1
         started = request[STARTED] = perf_counter()
         try:
             return await call_next(request)
@@ -60,9 +60,9 @@ def observe(observer: Observer, *, route: str) -> Step:
             request[INSIDE] = False
             running.discard(task)  # type: ignore[arg-type]
             if metrics is not None:
-                metrics.in_flight.dec()
+                metrics.in_flight_now -= 1
                 if facts.streamed:
-                    metrics.streams.dec()
+                    metrics.streams_now -= 1
 
     return step
 
@@ -79,7 +79,7 @@ def stream_opened(observer: Observer) -> Callable[[web.Request, web.StreamRespon
         if facts is not None and not facts.streamed:
             facts.streamed = True
             if metrics is not None:
-                metrics.streams.inc()
+                metrics.streams_now += 1
 
     return opened
 
