@@ -76,11 +76,23 @@ def chain(terminal: H, steps: Sequence[Callable[..., Awaitable[Any]] | None]) ->
 
     Steps that are None (their feature is not configured) are left out, so they cost nothing per request.
     """
+    present = [step for step in steps if step is not None]
+    if not present:
+        return terminal
     call = terminal
-    for step in reversed(steps):
-        if step is not None:
-            call = functools.partial(step, call_next=call)  # type: ignore[assignment]
-    return call
+    for step in reversed(present[1:]):
+        call = _link(step, call)
+    # the outermost a partial of the (async) step: aiohttp, given it as a handler, must see a coroutine function
+    return functools.partial(present[0], call_next=call)  # type: ignore[return-value]
+
+
+def _link(step: Callable[..., Awaitable[Any]], call_next: H) -> H:
+    """``x -> step(x, call_next)``: a closure returns the step's coroutine as is (no frame of its own), about
+    half the cost per step of ``functools.partial`` with a keyword."""
+    def link(x: Any) -> Awaitable[Any]:
+        return step(x, call_next)
+
+    return link  # type: ignore[return-value]
 
 
 async def read_whole(answer: Answer, limit: int, purpose: str) -> bytes:
