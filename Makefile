@@ -43,11 +43,13 @@ lint: $(VENV)/.installed-dev
 soak: $(VENV)/.installed-dev  # GATEWAY_SOAK_SECONDS=60 make soak for a short run (default 600)
 	$(BIN)/python -m pytest -m soak -s tests/test_client_soak.py
 
-# About 3 minutes: the gateway against a naive aiohttp proxy, then 10 against 1,000 routes (README, Performance).
-# The load is wrk (apt-get install wrk); without it a Python client stands in and the figures are not comparable.
+# About 5 minutes: the gateway against a naive aiohttp proxy, what each protection and the access log and metrics
+# cost, then 10 against 1,000 routes (README, Performance). The load is wrk (apt-get install wrk); without it a
+# Python client stands in and the figures are not comparable.
 bench: $(VENV)/.installed
 	@command -v wrk >/dev/null || echo "make bench: wrk is not installed (sudo apt-get install wrk): using a Python load instead, whose figures are not comparable with the README's"
 	$(BIN)/python bench/proxy_bench.py
+	$(BIN)/python bench/features_bench.py
 	$(BIN)/python bench/routes_bench.py
 
 clean:
