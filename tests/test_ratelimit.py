@@ -281,3 +281,17 @@ async def test_the_memory_shortcut_and_the_limits_strategy_agree(clock: Clock) -
         clock.now += 0.4
     # both read the same counters through limits' own strategy
     assert await fast.window(limits[0]) == await generic.window(limits[0])
+
+
+@pytest.mark.parametrize("identity", ["ip:203.0.113.9", "ip:2001:db8:1:2::/64", "sub:auth0|64f/../x", "sub:Ünïcode ✓",
+                                      "key:3f2a9c0d1b2e4f5a", "sub:a/b/c/100/1/MINUTE", ""])
+@pytest.mark.parametrize("policy", [Policy("clients", Rate(100, 60.0)), Policy("route", Rate(5, 1.0), "/api/p/[id]")])
+def test_the_counter_key_built_per_request_is_limits_own(policy, identity):
+    """The step builds each key as before + identity + after (limits' key_for is slow): the same text exactly, so
+    counters written by an older gateway (or another replica) on Redis are the same counters."""
+    from gateway.edge.ratelimit import _key_around
+
+    item = limit_item(policy.rate)
+    before, after = _key_around(item, policy)
+    assert before + identity + after == item.key_for(policy.name, policy.scope, identity)
+    assert Limit(item, (policy.name, policy.scope, identity)).key == before + identity + after

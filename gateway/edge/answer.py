@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 from ..keys import ANSWER_HEADERS
 
 LIMIT_LISTS = ("RateLimit", "RateLimit-Policy")  # one member per limit: the edge's and a call's are both kept
+_LIMIT_KEYS = frozenset(name.lower() for name in LIMIT_LISTS)
 
 
 def answer_headers(request: web.Request) -> CIMultiDict[str]:
@@ -33,20 +34,23 @@ async def apply_answer_headers(request: web.Request, response: web.StreamRespons
     if not extra:
         return
     headers = response.headers
-    own_limits = {name: headers.getall(name) for name in LIMIT_LISTS if name in extra and name in headers}
-    replaced: set[str] = set()
-    for name, value in extra.items():
+    done: set[str] = set()
+    for name in extra:  # a name added twice (Vary from two steps) comes twice: its values are taken together
         key = name.lower()
-        if key == "vary":
+        if key in done:
             continue
-        if key not in replaced:
+        done.add(key)
+        values = extra.getall(name)
+        if key == "vary":
+            own = headers.getall("Vary", ())
+            headers["Vary"] = merge_vary(own, values) if own or len(values) > 1 else values[0]
+        elif key in _LIMIT_KEYS and name in headers:  # a call's own limits (a token budget) stay beside the edge's
+            headers[name] = merge_members(values, headers.getall(name))
+        elif len(values) == 1:
+            headers[name] = values[0]  # replaces every value of the response's own
+        else:
             headers.popall(name, None)
-            replaced.add(key)
-        headers.add(name, value)
-    if "Vary" in extra:
-        headers["Vary"] = merge_vary(headers.getall("Vary", ()), extra.getall("Vary"))
-    for name, own in own_limits.items():  # a call's own limits (a token budget) stay beside the edge's
-        headers[name] = merge_members(extra.getall(name), own)
+            headers.extend([(name, value) for value in values])
 
 
 def merge_members(first: Iterable[str], then: Iterable[str]) -> str:

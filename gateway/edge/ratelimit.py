@@ -18,12 +18,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
-from multidict import CIMultiDict
+from limits import RateLimitItem
 
 from ..errors import RateLimited
-from ..keys import ANSWER_HEADERS, IDENTITY
+from ..keys import IDENTITY
 from ..state import Limit, State, Window, limit_item
 from ..units import Rate
+from .answer import answer_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Step = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -55,18 +56,19 @@ def rate_limit(policies: Sequence[Policy], state: State) -> Step | None:
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise ValueError(f"two rate-limit policies share a name: {names}")
-    items = [(p, limit_item(p.rate)) for p in policies]
+    items = [(p, limit_item(p.rate), *_key_around(limit_item(p.rate), p)) for p in policies]
     policy_field = ", ".join(f'"{p.name}";q={p.rate.count};w={int(p.rate.period)}' for p in policies)
 
     async def limited(request: web.Request, call_next: Handler) -> web.StreamResponse:
         identity = request[IDENTITY]  # set by the identify step, which runs before this one
-        limits = [Limit(item, (p.name, p.scope, identity)) for p, item in items]
+        limits = [Limit(item, (p.name, p.scope, identity), before + identity + after)
+                  for p, item, before, after in items]
         verdict = await state.acquire(limits, lock=identity)
-        headers = request.setdefault(ANSWER_HEADERS, CIMultiDict())
+        headers = answer_headers(request)
         headers["RateLimit-Policy"] = policy_field
-        headers["RateLimit"] = ", ".join(
-            f'"{p.name}";r={w.remaining};t={_seconds(w)}' for (p, _), w in zip(items, verdict.windows, strict=True)
-        )
+        headers["RateLimit"] = ", ".join([
+            f'"{item[0].name}";r={w.remaining};t={_seconds(w)}' for item, w in zip(items, verdict.windows, strict=True)
+        ])
         if not verdict.admitted:
             retry = max(_seconds(verdict.windows[i]) for i in verdict.refused)
             which = " and ".join(f"{policies[i].name} limit of {policies[i].rate}" for i in verdict.refused)
@@ -75,6 +77,14 @@ def rate_limit(policies: Sequence[Policy], state: State) -> Step | None:
         return await call_next(request)
 
     return limited
+
+
+def _key_around(item: RateLimitItem, policy: Policy) -> tuple[str, str]:
+    """limits' key for this policy's counter, ``item.key_for(name, scope, identity)``, as the text before and after
+    the identity: a request's key is then one concatenation (limits' ``key_for`` costs ~10 us a call)."""
+    mark = "\x00identity\x00"
+    before, _, after = item.key_for(policy.name, policy.scope, mark).partition(mark)
+    return before, after
 
 
 def _seconds(window: Window) -> int:

@@ -40,6 +40,11 @@ class Limit:
 
     item: RateLimitItem
     scope: tuple[str, ...]
+    key: str = ""  # limits' key for (item, scope), ``item.key_for(*scope)``: given by a caller that built it cheaper
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.item.key_for(*self.scope))
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +66,9 @@ class Verdict:
 class Hold:
     """What ``reserve`` decided about an amount of a budget, or what ``settle`` made of it.
 
-    ``window`` names the budget window the amount was counted in (its end, in the backend's clock): a settle applies
-    to that window only. ``spent`` is that window's total after the call, every reservation in flight included.
+    ``window`` names the budget window the amount was counted in (its end in the process's clock in memory, a
+    number given to each new window in Redis): a settle applies to that window only. ``spent`` is that window's
+    total after the call, every reservation in flight included.
     """
 
     admitted: bool
@@ -137,20 +143,21 @@ class State(ABC):
         The window is fixed, opened by the first reservation under ``key`` (total 0, ends ``period`` seconds later)
         and gone once it ends. Admitted when ``total + amount <= limit``: the total grows by ``amount``. Otherwise
         refused and nothing changes (an amount over ``limit`` is always refused). Either way the Hold carries the
-        total, the seconds until the window ends (``period`` when no window is open) and the window's end.
+        total, the seconds until the window ends (``period`` when no window is open) and the window's name.
 
-        Redis (one script, KEYS[1] = key, a hash {spent, end} with PEXPIREAT end; now = TIME in ms)::
+        Redis (one script, KEYS[1] = key, a hash {spent, end, id} with PEXPIREAT end; now = TIME in ms)::
 
-            spent, end = HGET spent, end;  if not end or end <= now: spent, end = 0, now + period
-            if spent + amount > limit: return {0, spent, end - now, end}
-            HSET spent spent + amount, end end; PEXPIREAT end; return {1, spent + amount, end - now, end}
+            spent, end, id = HGET spent, end, id
+            if not end or end <= now: spent, end, id = 0, now + period, INCR gateway:budget-windows
+            if spent + amount > limit: return {0, spent, end - now, id}
+            HSET spent spent + amount, end end, id id; PEXPIREAT end; return {1, spent + amount, end - now, id}
         """
 
     @abstractmethod
     async def settle(self, hold: Hold, actual: int) -> Hold:
         """Replace a reservation by what was really used, atomically: ``actual`` (>= 0) may be more or less.
 
-        Only in the window the reservation was made in (same key, same end): its total becomes
+        Only in the window the reservation was made in (same key, same window): its total becomes
         ``max(0, total - hold.amount + actual)``, which may pass the limit (a request that cost more than reserved
         is still counted; the next reservation is then refused until the window ends). When that window has ended
         (or its counter was evicted) nothing changes: the old total is gone. A refused hold changes nothing.
@@ -158,8 +165,8 @@ class State(ABC):
 
         Redis (one script, KEYS[1] = key; ARGV = hold.amount, actual, hold.window)::
 
-            spent, end = HGET spent, end
-            if end == hold.window and end > now: spent = max(0, spent - reserved + actual); HSET spent spent
+            spent, end, id = HGET spent, end, id
+            if id == hold.window and end > now: spent = max(0, spent - reserved + actual); HSET spent spent
             return {spent or 0, (end or now) - now}
         """
 

@@ -45,20 +45,18 @@ class MemoryState(State):
         """
         counters = self.counters
         now = self.now()
-        keys = [limit.item.key_for(*limit.scope) for limit in limits]
-        found = [counters.live(key) for key in keys]
-        refused = tuple(i for i, (c, limit) in enumerate(zip(found, limits, strict=True))
-                        if c is not None and c[0] >= limit.item.amount)
+        found = [counters.live(limit.key) for limit in limits]
+        refused = tuple([i for i, c in enumerate(found) if c is not None and c[0] >= limits[i].item.amount])
         if not refused:
             for i, limit in enumerate(limits):
                 counter = found[i]
                 if counter is None:
-                    counter = found[i] = counters.start(keys[i], limit.item.get_expiry(), now)
+                    counter = found[i] = counters.start(limit.key, limit.item.get_expiry(), now)
                 counter[0] += 1
-        windows = tuple(
+        windows = tuple([
             Window(limit.item.amount, 0.0) if c is None else Window(max(0, limit.item.amount - int(c[0])), c[1] - now)
             for c, limit in zip(found, limits, strict=True)
-        )
+        ])
         return Verdict(not refused, windows, refused)
 
     async def reserve(self, key: str, amount: int, limit: int, period: float) -> Hold:
