@@ -224,6 +224,22 @@ async def test_the_cache_is_bounded_in_bytes_least_recently_used_out(redis_serve
     assert redis_server.command("EXISTS", f"{PREFIX}cache:huge") == 0
 
 
+async def test_uses_in_the_same_millisecond_keep_their_order(redis_server: RedisServer) -> None:
+    # Four reads pipelined on one connection run back to back in Redis, well within one millisecond: a clock-based
+    # "last use" would tie them and evict by name (k0 first), not by use (k3 was read first, so it goes).
+    state = state_for(redis_server, cache_size=10_000)
+    body = b"b" * 2_000
+    try:
+        for i in range(4):
+            assert await state.cache_set(f"cache:k{i}", entry(body))
+        assert all(await asyncio.gather(*(state.cache_get(f"cache:k{i}") for i in (3, 2, 1, 0))))
+        assert await state.cache_set("cache:k4", entry(body))
+        kept = [i for i in range(5) if await state.cache_get(f"cache:k{i}") is not None]
+    finally:
+        await state.close()
+    assert kept == [0, 1, 2, 4]
+
+
 async def test_many_replicas_never_exceed_the_bound(redis_server: RedisServer) -> None:
     states = [state_for(redis_server, cache_size=50_000) for _ in range(3)]
     try:
@@ -415,9 +431,12 @@ async def test_two_processes_share_one_token_budget(redis_server: RedisServer) -
 async def test_a_settle_in_another_window_changes_nothing(redis_server: RedisServer) -> None:
     state = state_for(redis_server)
     try:
-        hold = await state.reserve("budget\nx\nkey:1", 10, 100, 60.0)
-        redis_server.command("DEL", "gateway:budget:budget\nx\nkey:1")  # the window ended (or was evicted)
-        fresh = await state.reserve("budget\nx\nkey:1", 5, 100, 60.0)
+        await state.reserve("budget\nx\nother", 1, 100, 60.0)  # the connection is open: the next three pipeline
+        # Pipelined on one connection, Redis runs these within one millisecond: both windows end in the same ms.
+        hold, _, fresh = await asyncio.gather(
+            state.reserve("budget\nx\nkey:1", 10, 100, 60.0),
+            state.link.call("DEL", "gateway:budget:budget\nx\nkey:1"),  # the window ended (or was evicted)
+            state.reserve("budget\nx\nkey:1", 5, 100, 60.0))
         late = await state.settle(hold, 90)
         assert late.spent == 5  # the old reservation's window is gone: its settle touches the new one not at all
         assert fresh.spent == 5

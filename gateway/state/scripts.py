@@ -69,15 +69,15 @@ if ttl <= 0 then return {0, 0} end
 return {tonumber(redis.call('GET', KEYS[1])) or 0, ttl}
 """)
 
-# The cache's bookkeeping, shared by every replica: KEYS = entry, lru (zset: entry -> last use, ms),
-# sizes (hash: entry -> bytes), bytes (the total), expiry (zset: entry -> end of life, ms).
+# The cache's bookkeeping, shared by every replica: KEYS = entry, lru (zset: entry -> its last use, a number from
+# the ticks counter, so two uses in the same millisecond still have an order), sizes (hash: entry -> bytes),
+# bytes (the total), expiry (zset: entry -> end of life, ms), ticks (the counter of uses).
 
-# KEYS as above. Returns the entry, and marks it used now.
+# KEYS: entry, lru, ticks. Returns the entry, and marks it the most recently used.
 CACHE_GET = Script("""
 local value = redis.call('GET', KEYS[1])
 if value then
-  local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[2], 'XX', t[1] * 1000 + math.floor(t[2] / 1000), KEYS[1])
+  redis.call('ZADD', KEYS[2], 'XX', redis.call('INCR', KEYS[3]), KEYS[1])
 end
 return value
 """)
@@ -86,7 +86,7 @@ return value
 # Forgets up to 16 entries that have expired, then the least recently used until the new one fits; 0 when it is
 # larger than the cap (nothing is evicted for it).
 CACHE_SET = Script("""
-local entry, lru, sizes, total, expiry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local entry, lru, sizes, total, expiry, ticks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local ttl, size, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 if size > cap then return 0 end
 local t = redis.call('TIME')
@@ -119,7 +119,7 @@ end
 redis.call('SET', entry, ARGV[1], 'PX', ttl)
 redis.call('HSET', sizes, entry, size)
 redis.call('INCRBY', total, size)
-redis.call('ZADD', lru, now, entry)
+redis.call('ZADD', lru, redis.call('INCR', ticks), entry)
 redis.call('ZADD', expiry, now + ttl, entry)
 return 1
 """)
@@ -130,24 +130,28 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """)
 
-# Token budgets (state.reserve / state.settle): KEYS[1] a hash {spent, end}; end in ms of the server's clock (TIME),
-# the window's identity: a settle applies only to the window its reservation was made in.
-# RESERVE: ARGV amount, limit, period (ms). Returns {admitted, spent, ms until the window ends, end}.
+# Token budgets (state.reserve / state.settle): KEYS[1] a hash {spent, end, id}; end in ms of the server's clock
+# (TIME); id a number from the counter KEYS[2], the window's identity: a settle applies only to the window its
+# reservation was made in (an end in ms would not do: a window evicted and opened again within the same
+# millisecond would have the same end).
+# RESERVE: ARGV amount, limit, period (ms). Returns {admitted, spent, ms until the window ends, id}.
 RESERVE = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
 local stop = tonumber(redis.call('HGET', KEYS[1], 'end') or '0')
-if stop <= now then spent = 0; stop = now + tonumber(ARGV[3]) end
+local id = tonumber(redis.call('HGET', KEYS[1], 'id') or '0')
+if stop <= now or id == 0 then spent = 0; stop = now + tonumber(ARGV[3]); id = redis.call('INCR', KEYS[2]) end
 local amount = tonumber(ARGV[1])
-if spent + amount > tonumber(ARGV[2]) then return {0, spent, stop - now, stop} end
+if spent + amount > tonumber(ARGV[2]) then return {0, spent, stop - now, id} end
 spent = spent + amount
-redis.call('HSET', KEYS[1], 'spent', spent, 'end', stop)
+redis.call('HSET', KEYS[1], 'spent', spent, 'end', stop, 'id', id)
 redis.call('PEXPIREAT', KEYS[1], stop)
-return {1, spent, stop - now, stop}
+return {1, spent, stop - now, id}
 """)
 
-# SETTLE: ARGV reserved, actual, end (the reservation's window). Returns {spent, ms until the window ends}.
+# SETTLE: KEYS[1] as above. ARGV reserved, actual, id (the reservation's window). Returns {spent, ms until the
+# window ends}.
 SETTLE = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -155,9 +159,10 @@ local stop = redis.call('HGET', KEYS[1], 'end')
 if not stop then return {0, 0} end
 stop = tonumber(stop)
 local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
-if stop == tonumber(ARGV[3]) and stop > now then
+if redis.call('HGET', KEYS[1], 'id') == ARGV[3] and stop > now then
   spent = math.max(0, spent - tonumber(ARGV[1]) + tonumber(ARGV[2]))
   redis.call('HSET', KEYS[1], 'spent', spent)
 end
 return {spent, math.max(0, stop - now)}
 """)
+

@@ -5,7 +5,8 @@
     cache       an entry per answer (SET ... PX ttl), in bytes under ``server.cache_size`` for all replicas
     lock        SET NX PX with a random token; waiters poll; released only by its holder (scripts.UNLOCK)
 
-Keys live under ``gateway:`` (``gateway:rl:…`` counters, ``gateway:cache:…`` answers, ``gateway:lock:…``). Each
+Keys live under ``gateway:`` (``gateway:rl:…`` counters, ``gateway:budget:…`` token budgets, ``gateway:cache:…``
+answers and the cache's bookkeeping, ``gateway:lock:…``). Each
 command goes through ``Link`` (one pipelined connection that a cancelled request cannot desynchronise); each
 operation through ``Health``, which falls back to ``self.local`` (this process's MemoryState) or answers 503 while
 Redis cannot be reached.
@@ -33,7 +34,8 @@ from .url import StateConfig
 PREFIX = "gateway:"
 ENTRY_OVERHEAD = 256  # bytes counted per cached answer beyond its stored value (key, bookkeeping)
 LEASE = 30.0  # seconds a lock is held at most when its taker gave no wait (then the holder is presumed gone)
-CACHE_KEYS = tuple(f"{PREFIX}cache:{name}" for name in ("lru", "sizes", "bytes", "expiry"))
+BUDGET_WINDOWS = f"{PREFIX}budget-windows"  # the counter that numbers budget windows (scripts.RESERVE)
+CACHE_KEYS = tuple(f"{PREFIX}cache:{name}" for name in ("lru", "sizes", "bytes", "expiry", "ticks"))
 
 
 class RedisState(State):
@@ -88,9 +90,9 @@ class RedisState(State):
     async def reserve(self, key: str, amount: int, limit: int, period: float) -> Hold:
         """One script (scripts.RESERVE): the test and the count are one atomic step on the server, for every replica."""
         async def shared() -> Hold:
-            admitted, spent, left, end = await self.link.script(RESERVE, [f"{PREFIX}budget:{key}"],
-                                                                [amount, limit, int(period * 1000)])
-            return Hold(bool(admitted), key, amount if admitted else 0, int(spent), int(left) / 1000, float(end))
+            admitted, spent, left, window = await self.link.script(RESERVE, [f"{PREFIX}budget:{key}", BUDGET_WINDOWS],
+                                                                   [amount, limit, int(period * 1000)])
+            return Hold(bool(admitted), key, amount if admitted else 0, int(spent), int(left) / 1000, float(window))
 
         return await self.health.run(shared, lambda: self.local.reserve(key, amount, limit, period))
 
@@ -109,7 +111,7 @@ class RedisState(State):
 
     async def cache_get(self, key: str) -> Cached | None:
         async def shared() -> Cached | None:
-            value = await self.link.script(CACHE_GET, [f"{PREFIX}{key}", CACHE_KEYS[0]])
+            value = await self.link.script(CACHE_GET, [f"{PREFIX}{key}", CACHE_KEYS[0], CACHE_KEYS[4]])
             return None if value is None else _decode(value)
 
         return await self.health.run(shared, lambda: self.local.cache_get(key))
@@ -209,7 +211,7 @@ class _SharedLock:
 
 
 def _counter(limit: Limit) -> str:
-    return f"{PREFIX}rl:{limit.item.key_for(*limit.scope)}"
+    return f"{PREFIX}rl:{limit.key}"
 
 
 def _encode(entry: Cached) -> bytes:
