@@ -187,7 +187,7 @@ def target_argv(name: str, port: int, upstream_url: str, baseline: Path | None) 
     source = ROOT
     if name == "baseline" and baseline is not None:  # another source tree of the gateway, run on this venv
         env["PYTHONPATH"], source = str(baseline), baseline
-    config = source / "bench" / "gateway.yaml"
+    config = source / "bench" / ("gateway-quiet.yaml" if name == "quiet" else "gateway.yaml")
     return pinned(0, [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--host", "127.0.0.1",
                       "--port", str(port)]), env
 
@@ -265,6 +265,17 @@ def shown(run: dict) -> str:
             f"1 MiB {run['mbps']:,.0f} MB/s)")
 
 
+def extra_ratios(name: str, runs: dict[str, list[dict]]) -> dict[str, object]:
+    """Another gateway's ratios to the naive proxy, per repetition and median (both measured in each repetition)."""
+    pairs = list(zip(runs[name], runs["naive"], strict=True))
+    by_cpu = [n["cpu_us"] / b["cpu_us"] for b, n in pairs]
+    rps = [b["rps"] / n["rps"] for b, n in pairs]
+    return {f"{name}_to_naive_by_cpu_median": round(statistics.median(by_cpu), 2),
+            f"{name}_to_naive_by_cpu_per_rep": [round(r, 2) for r in by_cpu],
+            f"{name}_to_naive_rps_median": round(statistics.median(rps), 2),
+            f"{name}_to_naive_rps_per_rep": [round(r, 2) for r in rps]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
@@ -272,6 +283,8 @@ def main() -> int:
     parser.add_argument("--large-seconds", type=float, default=3, help="load on 1 MiB (wrk -c16); 0 to skip")
     parser.add_argument("--baseline", type=Path, help="also measure the gateway of another source tree (e.g. "
                         "`git archive COMMIT | tar -x -C /tmp/old`; run with this venv's packages)")
+    parser.add_argument("--quiet", action="store_true", help="also measure this gateway with bench/gateway-quiet.yaml "
+                        "(access log and metrics off: the proxy path alone)")
     parser.add_argument("--serve-naive", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-upstream", metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -283,7 +296,7 @@ def main() -> int:
         return 0
     load = "wrk -t1 -c64 (1 KB) / -c16 (1 MiB)" if shutil.which("wrk") else \
         "a Python client (wrk not installed: apt-get install wrk); these figures are not comparable with the README's"
-    names = ("gateway", "naive", "baseline") if args.baseline else ("gateway", "naive")
+    names = ("gateway", "naive", *(("quiet",) if args.quiet else ()), *(("baseline",) if args.baseline else ()))
     runs: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp, upstream(Path(tmp)) as (upstream_url, kind):
         print(f"upstream: {kind}; load: {load}; {args.reps} reps", flush=True)
@@ -293,9 +306,9 @@ def main() -> int:
             g, n = runs["gateway"][-1], runs["naive"][-1]
             print(f"rep {rep + 1}: gateway {shown(g)} | naive {shown(n)} | gateway / naive: req/s "
                   f"{g['rps'] / n['rps']:.2f}, by CPU {n['cpu_us'] / g['cpu_us']:.2f}", flush=True)
-            if args.baseline:
-                b = runs["baseline"][-1]
-                print(f"       baseline {shown(b)} | baseline / naive: req/s {b['rps'] / n['rps']:.2f}, "
+            for extra in names[2:]:
+                b = runs[extra][-1]
+                print(f"       {extra} {shown(b)} | {extra} / naive: req/s {b['rps'] / n['rps']:.2f}, "
                       f"by CPU {n['cpu_us'] / b['cpu_us']:.2f}", flush=True)
     ratios = [g["rps"] / n["rps"] for g, n in zip(runs["gateway"], runs["naive"], strict=True)]
     # requests per CPU-second, gateway over naive: steadier than req/s when other work shares the machine
@@ -315,11 +328,7 @@ def main() -> int:
         "gateway_to_naive_rps_per_rep": [round(r, 2) for r in ratios],
         "gateway_to_naive_by_cpu_median": round(statistics.median(cpu_ratios), 2),
         "gateway_to_naive_by_cpu_per_rep": [round(r, 2) for r in cpu_ratios],
-        **({"baseline_to_naive_by_cpu_per_rep": [round(n["cpu_us"] / b["cpu_us"], 2) for b, n in
-                                                 zip(runs["baseline"], runs["naive"], strict=True)],
-            "baseline_to_naive_rps_per_rep": [round(b["rps"] / n["rps"], 2) for b, n in
-                                              zip(runs["baseline"], runs["naive"], strict=True)]}
-           if args.baseline else {}),
+        **{key: value for extra in names[2:] for key, value in extra_ratios(extra, runs).items()},
         **({"gateway_to_naive_1mib_median": round(statistics.median(mb_ratios), 2)} if args.large_seconds else {}),
     }
     print(json.dumps(summary, indent=2))
