@@ -16,6 +16,7 @@ from .config import METHODS
 from .config_jwt import auth_mode
 from .discovery import RouteFile, RouteFileError
 from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge
+from .intake import GatewayRequest
 from .keys import CLAIMS, HEAD_AS_GET, PENDING, Resources
 from .paths import pattern_of
 from .pipeline.helper import UpstreamResponse
@@ -122,14 +123,20 @@ class FileEndpoint:
 
         return file_endpoint
 
-class RouteRequest(web.Request):
+class RouteRequest(GatewayRequest):
     """The request a route handler gets: an ``aiohttp.web.Request`` whose ``json()`` turns a body that is not JSON
     (or not in its charset) into a 400 ``bad_request``, decided here, where the body is parsed."""
 
+    # SPEC §8: handlers read the verified claims as req["claims"]; they live under the typed key (a plain str key
+    # set on a request is an aiohttp NotAppKeyWarning), so that one name is read through it
     def __getitem__(self, key: Any) -> Any:
-        # SPEC §8: handlers read the verified claims as req["claims"]; they live under the typed key (a plain str key
-        # set on a request is an aiohttp NotAppKeyWarning), so that one name is read through it
         return super().__getitem__(CLAIMS if key == "claims" else key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return super().get(CLAIMS if key == "claims" else key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(CLAIMS if key == "claims" else key)
 
     async def json(self, *, loads: Callable[[str], Any] = json.loads) -> Any:
         try:

@@ -55,6 +55,8 @@ class Facts:
     tokens: int | None = None  # model tokens spent, when a budget counts them
     streamed: bool = False  # the answer was streamed (set by the observe step when it is prepared)
     websocket: WebSocketTraffic | None = None  # what a WebSocket forward's connection carried, once it closed
+    started: float = 0.0  # perf_counter() when the observe step saw the request
+    inside: bool = False  # the request is still inside its observe step (an answer prepared now is a stream)
 
 
 @dataclass(slots=True)
@@ -116,5 +118,3 @@ REQUEST_ID = web.RequestKey("gateway.request_id", str)  # the X-Request-Id this 
 CLAIMS = web.RequestKey("gateway.claims", dict)  # a verified JWT's claims (handlers read req["claims"] too)
 HEAD_AS_GET = web.RequestKey("gateway.head_as_get", bool)  # a HEAD answered by the module's GET function
 PENDING = web.RequestKey("gateway.upstream_responses", list)  # forward() answers a handler has not returned
-STARTED = web.RequestKey("gateway.observe.started", float)  # perf_counter() when the observe step saw the request
-INSIDE = web.RequestKey("gateway.observe.inside", bool)  # the request is still inside its observe step

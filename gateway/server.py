@@ -8,6 +8,7 @@ and are then cancelled; the process exits 0. With ``--workers N`` this runs in e
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -75,6 +76,7 @@ async def _serve(project: Project, config: Config, table: RouteTable, host: str,
         # the host may be a secret's value (`server.host: ${KEY}` by mistake): every line printed is redacted
         print(redact(f"error: cannot listen on {host}:{port}: {reason}", config.secret_values), file=sys.stderr)
         return CANNOT_LISTEN
+    _settle_memory()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -103,10 +105,24 @@ def _why_not(exc: Exception) -> str:
 
 
 def _reload(app: web.Application, project: Project) -> None:
+    gc.unfreeze()  # the old config's objects become collectable again once the new one is in
     try:
         reload(app, project)
     except Exception:  # a bug in reloading must not take the serving process down with it
         log.exception("reload failed; the old config keeps serving")
+
+
+GC_THRESHOLDS = (20_000, 50, 1_000)  # Python's defaults: (700, 10, 10)
+
+
+def _settle_memory() -> None:
+    """Once started: what start-up built (config, routes, modules) is moved out of the collector's sight, and the
+    youngest generation is collected after 20,000 allocations instead of 700. A proxied request allocates a few
+    hundred objects, nearly all freed by reference counting; the collector ran every few requests and cost about 5 %
+    of a forward's CPU (bench/proxy_bench.py). Cycles are still collected, a little later."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -490,6 +490,27 @@ async def test_a_header_with_a_line_break_or_nul_is_refused_before_anything_is_s
     assert all(b"Evil" not in head and b"X-Note" not in head for head in server.heads)
 
 
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/x\r\nX-Evil: 1"),
+    ("GET", "/x\nX-Evil: 1"),
+    ("GET", "/x\0"),
+    ("GET /admin HTTP/1.1\r\nX-Evil: 1\r\n", "/"),
+])
+async def test_a_request_line_with_a_line_break_or_nul_is_refused(raw_server, pools, method, path):
+    server = await raw_server(keep_alive())
+    pool = pools(server.port)
+    with pytest.raises(ValueError, match="line break or NUL"):
+        await get(pool, path, method=method, headers={"X-Fine": "1"})
+    assert await fetch(pool, "/after") == b"ok"
+    assert [head.split(b" ")[1] for head in server.heads] == [b"/after"]
+
+
+async def test_the_refused_header_is_named(raw_server, pools):
+    pool = pools((await raw_server(keep_alive())).port)
+    with pytest.raises(ValueError, match="'X-Note'"):
+        await get(pool, headers={"X-Fine": "1", "X-Note": "a\r\nX-Evil: 1"})
+
+
 # --- timeouts ---------------------------------------------------------------------------------------------------
 
 

@@ -43,9 +43,32 @@ ROUTES = {
         "        n += len(chunk)\n"
         "    return {'n': n}\n"
     ),
+    # the request's own storage, as a handler uses it (GatewayRequest answers get/in from its dict)
+    "state.py": (
+        "import uuid, warnings\nfrom aiohttp import web\nfrom gateway.keys import FACTS\n"
+        "MINE = web.RequestKey('t', int)\n\n"
+        "async def GET(req):\n"
+        "    req[MINE] = 3\n"
+        "    with warnings.catch_warnings(record=True) as caught:\n"
+        "        warnings.simplefilter('always')\n"
+        "        req['str-key-' + uuid.uuid4().hex] = 1\n"
+        "    return {'absent': req.get('absent', 'default'), 'none': req.get('absent'), 'in': 'absent' in req,\n"
+        "            'facts': FACTS in req, 'mine': req.get(MINE), 'advised': len(caught), 'len': len(req) > 0,\n"
+        "            'claims': req.get('claims', 'none'), 'has_claims': 'claims' in req}\n"
+    ),
     "keep.py": "SEEN = []\n\nasync def POST(req):\n    SEEN.append(req.content)\n    return (await req.read(), 200)\n",
 }
 ZERO_MIB = bytes(1 << 20)
+
+
+async def test_a_handler_reads_and_writes_the_request_storage_as_a_mapping(tmp_path: Path) -> None:
+    import aiohttp
+
+    async with serving(tmp_path) as port, aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/api/state") as r:
+            assert r.status == 200
+            assert await r.json() == {"absent": "default", "none": None, "in": False, "facts": True, "mine": 3,
+                                      "advised": 1, "len": True, "claims": "none", "has_claims": False}
 
 
 def gzip_zeros(mib: int, *, crc: bool = True) -> bytes:

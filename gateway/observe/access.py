@@ -21,7 +21,7 @@ from time import perf_counter, time
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from ..keys import FACTS, METRICS, STARTED, Facts
+from ..keys import FACTS, METRICS, Facts
 from ..request_id import request_id
 from .logs import ACCESS, LINES
 from .metrics import UNMATCHED, Metrics, method_label
@@ -42,8 +42,8 @@ class AccessLog(AbstractAccessLogger):
         except (AttributeError, RuntimeError):  # a request aiohttp could not parse never reached an app
             app = None
         metrics = app.get(METRICS) if app is not None else None
-        started = request.get(STARTED)
-        seconds = time if started is None else perf_counter() - started
+        facts = request.get(FACTS)
+        seconds = time if facts is None else perf_counter() - facts.started
         record(request, response.status, seconds, response.body_length, metrics)
 
     @property

@@ -12,7 +12,7 @@ from time import perf_counter
 
 from aiohttp import web
 
-from ..keys import FACTS, INSIDE, STARTED, Facts
+from ..keys import FACTS, Facts
 from .access import CLIENT_CLOSED, record
 from .metrics import Metrics
 
@@ -41,14 +41,13 @@ def observe(observer: Observer, *, route: str) -> Step:
     running = observer.running
 
     async def step(request: web.Request, call_next: Handler) -> web.StreamResponse:
-        facts = request[FACTS] = Facts(route=route)
-        request[INSIDE] = True
+        started = perf_counter()
+        facts = request[FACTS] = Facts(route=route, started=started, inside=True)
         task = asyncio.current_task()
         if task is not None:
             running.add(task)
         if metrics is not None:
             metrics.in_flight_now += 1
-        started = request[STARTED] = perf_counter()
         try:
             return await call_next(request)
         except asyncio.CancelledError:  # the client left (or shutdown_grace ran out): aiohttp logs no line for it
@@ -57,7 +56,7 @@ def observe(observer: Observer, *, route: str) -> Step:
             record(request, 101 if closed else CLIENT_CLOSED, perf_counter() - started, None, metrics)
             raise
         finally:
-            request[INSIDE] = False
+            facts.inside = False
             running.discard(task)  # type: ignore[arg-type]
             if metrics is not None:
                 metrics.in_flight_now -= 1
@@ -73,10 +72,10 @@ def stream_opened(observer: Observer) -> Callable[[web.Request, web.StreamRespon
     metrics = observer.metrics
 
     async def opened(request: web.Request, response: web.StreamResponse) -> None:
-        if isinstance(response, web.Response) or not request.get(INSIDE):
+        if isinstance(response, web.Response):
             return
         facts = request.get(FACTS)
-        if facts is not None and not facts.streamed:
+        if facts is not None and facts.inside and not facts.streamed:
             facts.streamed = True
             if metrics is not None:
                 metrics.streams_now += 1

@@ -132,11 +132,15 @@ class Pool:
                 lines.append("Transfer-Encoding: chunked")  # last line of the head: send() knows it by that
         elif method in ("POST", "PUT", "PATCH"):
             lines.append("Content-Length: 0")
-        for name, value in headers.items():
-            if _UNSAFE(name) or _UNSAFE(value):
-                raise BadHeader(f"the header {name!r} contains a line break or NUL")
+        text = "\r\n".join(lines)
+        # one pass for all: the joins put exactly one CR and one LF between lines; any other is an injection
+        if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1 or "\0" in text:
+            for name, value in headers.items():
+                if _UNSAFE(name) or _UNSAFE(value):
+                    raise BadHeader(f"the header {name!r} contains a line break or NUL")
+            raise BadHeader("the request line contains a line break or NUL")
         try:
-            return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            return (text + "\r\n\r\n").encode("latin-1")
         except UnicodeEncodeError:
             raise BadHeader("a header holds characters that HTTP/1.1 cannot carry") from None
 
