@@ -6,8 +6,9 @@ forward with everything off, in one run (repetitions interleaved, so every varia
     cached     the same with `cache: 5m`: every request after the first is a HIT
     observed   the same with the JSON access log and /metrics on (the others have both off)
 
-The upstream (aiohttp on uvloop, a 1 KB JSON answer) and the load (wrk -t1 -c64 when installed, else a bounded
-aiohttp client loop) share CPU 1; the gateway runs on CPU 0 when `taskset` exists. Only 127.0.0.1 is used.
+The upstream (nginx when installed, as in proxy_bench.py, else a small aiohttp server: a 1 KB JSON answer) and
+the load (wrk -t1 -c64 when installed, else a bounded aiohttp client loop) share CPU 1; the gateway runs on CPU 0
+when `taskset` exists. Only 127.0.0.1 is used.
 Besides req/s it reads the CPU time the gateway process spent per request (/proc), which other work on a shared
 machine disturbs far less than req/s: the ratios are given both ways.
 
@@ -27,25 +28,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from proxy_bench import cpu_seconds  # noqa: E402
+from proxy_bench import cpu_seconds, upstream  # noqa: E402
 from routes_bench import free_port, pinned, wait_ready  # noqa: E402
 
-UPSTREAM = """
-import sys, uvloop
-from aiohttp import web
-BODY = b'{"items": [' + b",".join(b'{"id": %d, "name": "item"}' % i for i in range(40)) + b']}'
-async def bench(request):
-    return web.Response(body=BODY, content_type="application/json")
-app = web.Application()
-app.router.add_get("/bench", bench)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
-"""
 BASE = """
 server: {{ host: 127.0.0.1, routes: null{server} }}
 {clients}
 upstreams:
   up:
-    url: http://127.0.0.1:{port}
+    url: {upstream}
     inject: {{ headers: {{ Authorization: "Bearer bench-secret-0123456789abcdef" }} }}
 forwards:
   bench: {{ upstream: up, path: /bench{forward} }}
@@ -86,16 +77,16 @@ def measure(url: str, seconds: float) -> tuple[float, int]:
 def supported(variant: dict[str, str], root: Path) -> bool:
     """Whether this gateway accepts the variant's settings (`observed` needs the operations features)."""
     config = root / "probe.yaml"
-    config.write_text(BASE.format(port=1, server=variant.get("server", ""), clients=variant.get("clients", ""),
-                                  forward=variant.get("forward", "")))
+    config.write_text(BASE.format(upstream="http://127.0.0.1:1", server=variant.get("server", ""),
+                                  clients=variant.get("clients", ""), forward=variant.get("forward", "")))
     probe = subprocess.run([sys.executable, "-m", "gateway", "check", "--config", str(config)], capture_output=True)
     return probe.returncode == 0
 
 
-def run_once(name: str, variant: dict[str, str], up_port: int, seconds: float, root: Path) -> tuple[float, float]:
+def run_once(name: str, variant: dict[str, str], up_url: str, seconds: float, root: Path) -> tuple[float, float]:
     """req/s and the gateway's CPU µs per request."""
     config = root / f"{name}.yaml"
-    config.write_text(BASE.format(port=up_port, server=variant.get("server", ""), clients=variant.get("clients", ""),
+    config.write_text(BASE.format(upstream=up_url, server=variant.get("server", ""), clients=variant.get("clients", ""),
                                   forward=variant.get("forward", "")))
     port = free_port()
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
@@ -120,17 +111,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         variants = {name: v for name, v in VARIANTS.items() if supported(v, root)}
-        (root / "up.py").write_text(UPSTREAM)
-        up_port = free_port()
-        upstream = subprocess.Popen(pinned(1, [sys.executable, str(root / "up.py"), str(up_port)]))
-        try:
-            wait_ready(f"http://127.0.0.1:{up_port}/bench", time.monotonic() + 30)
+        (root / "upstream").mkdir()
+        with upstream(root / "upstream") as (up_url, kind):
+            print(f"upstream: {kind}", flush=True)
             results: dict[str, list[float]] = {name: [] for name in variants}
             cpu: dict[str, list[float]] = {name: [] for name in variants}
             for rep in range(args.reps):
                 order = list(variants) if rep % 2 == 0 else list(reversed(variants))  # no variant always first
                 for name in order:
-                    rps, cpu_us = run_once(name, variants[name], up_port, args.seconds, root)
+                    rps, cpu_us = run_once(name, variants[name], up_url, args.seconds, root)
                     results[name].append(rps)
                     cpu[name].append(cpu_us)
                 line = ", ".join(f"{name} {results[name][-1]:,.0f} ({cpu[name][-1]:.0f} µs)" for name in variants)
@@ -138,9 +127,6 @@ def main() -> int:
                                    f"(by CPU {cpu['plain'][-1] / cpu[name][-1]:.2f})"
                                    for name in variants if name != "plain")
                 print(f"rep {rep + 1}: {line} req/s (CPU per request); {ratios}", flush=True)
-        finally:
-            upstream.terminate()
-            upstream.wait(timeout=15)
     summary: dict[str, dict[str, object]] = {}
     for name, values in results.items():
         ratios = [round(v / p, 3) for v, p in zip(values, results["plain"], strict=True)]
