@@ -72,7 +72,8 @@ def launch_chromium(profile: Path) -> Chromium:
     log = profile.parent / f"{profile.name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"], stdout=out,
-                                stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+                                stderr=out, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "TMPDIR": str(profile.parent)})  # its scratch files: the test's
     browser = Chromium(proc, "", log)
     port_file = profile / "DevToolsActivePort"
     deadline = time.monotonic() + WAIT

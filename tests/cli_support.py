@@ -112,7 +112,10 @@ class Server:
         self._out = self.out_path.open("wb")
         self._err = self.err_path.open("wb")
         self.proc = subprocess.Popen(
-            [*command, *args], cwd=cwd, env=dict(env), stdout=self._out, stderr=self._err, start_new_session=True
+            # TMPDIR: what the gateway makes there (--workers' metrics directory) goes with the test's folder, also
+            # when the test ends it with SIGKILL, which leaves no chance to clean up
+            [*command, *args], cwd=cwd, env={"TMPDIR": str(cwd), **env}, stdout=self._out, stderr=self._err,
+            start_new_session=True
         )
 
     def __enter__(self) -> Server:
