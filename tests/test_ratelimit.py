@@ -137,6 +137,20 @@ async def test_two_clients_have_separate_budgets(state: MemoryState) -> None:
     assert [(await call(step, req(b), downstream))[0] for _ in range(3)] == [200, 200, 429]
 
 
+async def test_a_client_is_counted_the_same_after_a_flood_of_others(state: MemoryState) -> None:
+    # the step keeps each client's limits for its next request, a bounded number of them: a flood of new clients
+    # pushes the first one's out, and its next request still counts in its own window, not in a new one
+    step = rate_limit([Policy("route", Rate(3, PER_MINUTE), "/api/x")], state)
+    downstream = Downstream()
+    first = "ip:203.0.113.9"
+    assert [(await call(step, req(first), downstream))[0] for _ in range(2)] == [200, 200]
+    for i in range(5_000):
+        await call(step, req(f"ip:198.51.100.{i}"), downstream)
+    status, headers = await call(step, req(first), downstream)
+    assert status == 200 and headers["RateLimit"].startswith('"route";r=0;')
+    assert (await call(step, req(first), downstream))[0] == 429
+
+
 async def test_every_limit_must_admit_and_a_refusal_spends_no_quota(state: MemoryState) -> None:
     clients = Rate(5, PER_MINUTE)
     route_a = rate_limit(route_policies(clients, Rate(2, PER_MINUTE), "/api/a"), state)

@@ -13,6 +13,7 @@ window ends (its count then starts over at ``q``), rounded up, so at ``t`` there
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -59,11 +60,14 @@ def rate_limit(policies: Sequence[Policy], state: State) -> Step | None:
     items = [(p, limit_item(p.rate), *_key_around(limit_item(p.rate), p)) for p in policies]
     policy_field = ", ".join(f'"{p.name}";q={p.rate.count};w={int(p.rate.period)}' for p in policies)
 
+    @functools.lru_cache(maxsize=4096)  # a client's every request counts under the same limits: built once
+    def limits_of(identity: str) -> tuple[Limit, ...]:
+        return tuple([Limit(item, (p.name, p.scope, identity), before + identity + after)
+                      for p, item, before, after in items])
+
     async def limited(request: web.Request, call_next: Handler) -> web.StreamResponse:
         identity = request[IDENTITY]  # set by the identify step, which runs before this one
-        limits = [Limit(item, (p.name, p.scope, identity), before + identity + after)
-                  for p, item, before, after in items]
-        verdict = await state.acquire(limits, lock=identity)
+        verdict = await state.acquire(limits_of(identity), lock=identity)
         headers = answer_headers(request)
         headers["RateLimit-Policy"] = policy_field
         headers["RateLimit"] = ", ".join([

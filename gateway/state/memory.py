@@ -44,9 +44,21 @@ class MemoryState(State):
         4x cheaper than going through limits' strategy layers (measured 14 us against 61 us per request).
         """
         counters = self.counters
+        counts = counters.counts
         now = self.now()
-        found = [counters.live(limit.key) for limit in limits]
-        refused = tuple([i for i, c in enumerate(found) if c is not None and c[0] >= limits[i].item.amount])
+        found: list[list[float] | None] = []
+        refused: list[int] = []
+        for i, limit in enumerate(limits):  # CounterStorage.live, inlined: one clock reading for all
+            counter = counts.get(limit.key)
+            if counter is not None:
+                if counter[1] <= now:
+                    del counts[limit.key]
+                    counter = None
+                else:
+                    counts.move_to_end(limit.key)
+                    if counter[0] >= limit.item.amount:
+                        refused.append(i)
+            found.append(counter)
         if not refused:
             for i, limit in enumerate(limits):
                 counter = found[i]
@@ -57,7 +69,7 @@ class MemoryState(State):
             Window(limit.item.amount, 0.0) if c is None else Window(max(0, limit.item.amount - int(c[0])), c[1] - now)
             for c, limit in zip(found, limits, strict=True)
         ])
-        return Verdict(not refused, windows, refused)
+        return Verdict(not refused, windows, tuple(refused))
 
     async def reserve(self, key: str, amount: int, limit: int, period: float) -> Hold:
         """Budgets share the rate-limit counters (``[total, window end]``, bounded, least recently used out); no
