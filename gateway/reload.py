@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
@@ -56,6 +57,9 @@ class Project:
             old, new = self.config.server.prefix or "/", config.server.prefix or "/"
             raise LoadError([f"{config.file.name}: server.prefix: changed from {old} to {new}, which needs a "
                              "restart of the gateway"])
+        if self.config is not None and (changed := needs_restart(self.config, config)):
+            raise LoadError([f"{config.file.name}: {key}: changed, which needs a restart of the gateway ({why})"
+                             for key, why in changed])
         before = self._use_dotenv(config, real)
         broken: list[str] | None = [] if self.dev else None
         try:
@@ -83,6 +87,24 @@ class Project:
                 del os.environ[key]
         os.environ.update(values)
         self._from_dotenv = dict(values)
+
+
+def needs_restart(old: Config, new: Config) -> list[tuple[str, str]]:
+    """What a reload cannot swap in: refused as a whole rather than half applied (a route demanding tokens with no
+    verifier would admit everyone; a limit would count in a backend the config no longer names)."""
+    changed = []
+    if old.clients.jwt != new.clients.jwt:
+        changed.append(("clients.jwt", "the identity provider's keys are fetched when it starts"))
+    if _state_key(old) != _state_key(new):
+        changed.append(("state", "the connection to the shared state is opened when it starts"))
+    return changed
+
+
+def _state_key(config: Config) -> object:
+    state = config.state
+    if state is None:
+        return None
+    return replace(state, password=None), state.password.reveal() if state.password else None
 
 
 def protect_logs(project: Project) -> None:
@@ -115,4 +137,4 @@ def warn_restart_only(old: Config | None, new: Config) -> None:
             log.warning("reload: server.%s changed: it takes effect when the gateway is restarted", key)
 
 
-__all__ = ["LoadError", "Project", "protect_logs", "reload", "warn_restart_only"]
+__all__ = ["LoadError", "Project", "needs_restart", "protect_logs", "reload", "warn_restart_only"]

@@ -128,6 +128,17 @@ def test_an_invalid_config_on_sighup_is_logged_and_the_old_one_keeps_serving(tmp
         hup_and_wait_for(server, "reload refused: 1 problem")
         assert any("server.prefix: changed from /api to /v2, which needs a restart" in r.get("problem", "")
                    for r in records(server))
+        # a verifier for signed-in users, or another shared state, is made at start: a reload that changes either is
+        # refused as a whole (half applied, routes demanding tokens would have no verifier and admit everyone)
+        jwt = ("clients:\n  jwt: { jwks_url: 'http://127.0.0.1:9/jwks.json', issuer: 'https://idp.example',\n"
+               "         audience: gateway, lazy: true }\n")
+        (tmp_path / "config.yaml").write_text(good + jwt)
+        hup_and_wait_for(server, "reload refused: 1 problem")
+        assert any("clients.jwt: changed, which needs a restart" in r.get("problem", "") for r in records(server))
+        (tmp_path / "config.yaml").write_text(good + "state: redis://127.0.0.1:9/0\n")
+        hup_and_wait_for(server, "reload refused: 1 problem")
+        assert any("state: changed, which needs a restart" in r.get("problem", "") for r in records(server))
+        assert body(server, "/api/user")["version"] == 1
         (tmp_path / "config.yaml").write_text(good)
         hup_and_wait_for(server, "reloaded config.yaml")
         assert body(server, "/api/user")["version"] == 2
