@@ -211,11 +211,13 @@ async def test_n_concurrent_requests_against_k_admit_exactly_k(state: MemoryStat
 async def test_memory_stays_bounded_however_many_clients_call(clock: Clock) -> None:
     state = MemoryState(max_counters=10_000, clock=clock)
     limit = limit_item(Rate(3, PER_MINUTE))
-    for i in range(100_000):
-        await state.acquire([Limit(limit, ("route", "/api/x", f"ip:{i}"))], lock=f"ip:{i}")
+    before, _, after = limit.key_for("route", "/api/x", "\0").partition("\0")  # the key, as the step builds it
+    for i in range(1_000_000):  # a million distinct client IPs
+        ip = f"ip:{i >> 24}.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        await state.acquire([Limit(limit, ("route", "/api/x", ip), before + ip + after)], lock=ip)
     assert len(state.counters.counts) == 10_000
     # the most recent clients are still counted exactly
-    latest = [Limit(limit, ("route", "/api/x", "ip:99999"))]
+    latest = [Limit(limit, ("route", "/api/x", "ip:0.15.66.63"))]  # the millionth
     assert [(await state.acquire(latest, lock="x")).admitted for _ in range(3)] == [True, True, False]
     # and windows that ended are dropped, two for each new one, as traffic goes on
     clock.now += PER_MINUTE
