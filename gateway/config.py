@@ -174,6 +174,8 @@ class _Reader(ValueReader):
         if on_error is not None and on_error not in ON_ERROR:
             self.fail(("state_on_error",), f"{on_error!r}: use local (while Redis cannot be reached, each process "
                                            "counts on its own) or closed (answer 503)")
+        if "state" in top and self.bare_variable(top["state"], ("state",)):  # "redis://:$REDIS_PASSWORD@cache"
+            return None  # would send that text as the password
         text = self.string(top["state"], ("state",)) if "state" in top else None
         if text is None:
             return None

@@ -23,6 +23,8 @@ NESTED = {
                     "jwt"),
     **dict.fromkeys(("drop", "select"), "response"),
     **dict.fromkeys(("allow", "cap", "budget"), "guard"),
+    **dict.fromkeys(("host", "port", "prefix", "routes", "workers", "max_body", "max_response", "shutdown_grace",
+                     "trusted_proxies", "cache_size", "metrics", "access_log"), "server"),
 }
 _BARE_VAR = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")  # $VAR without braces (${VAR} is the syntax)
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -75,9 +77,7 @@ class ValueReader:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             self.fail(path, f"expected a string, got {show_value(value)}")
             return None
-        if secret and (bare := _BARE_VAR.search(str(value))):
-            name = bare[1]  # "Bearer $OPENAI_API_KEY" would send that very text upstream, not the key
-            self.fail(path, f"${name} is sent as written, not read from the environment: write ${{{name}}}")
+        if secret and self.bare_variable(value, path):
             return None
         unset = len(self.env.unset)
         try:
@@ -91,6 +91,14 @@ class ValueReader:
         if secret:
             self.secrets.update(v for v in used if v)
         return text
+
+    def bare_variable(self, value: Any, path: YamlPath) -> bool:
+        """True, with a problem recorded, when ``value`` holds ``$VAR`` without braces, which is sent as written."""
+        if bare := _BARE_VAR.search(str(value)):
+            name = bare[1]  # "Bearer $OPENAI_API_KEY" would send that very text upstream, not the key
+            self.fail(path, f"${name} is sent as written, not read from the environment: write ${{{name}}}")
+            return True
+        return False
 
     def converted(self, value: Any, path: YamlPath, parse: Callable[[Any], T]) -> T | None:
         raw = value

@@ -55,14 +55,18 @@ def project_files(config_path: Path) -> Watched:
     base = config_path.parent
     watched = Watched(folders={base}, files={config_path, base / ".env"})
     routes: Path | None = base / "routes"  # until the config can be read, the default folder
+    named: list[Path] = []  # other files the config names: the Redis CA file of rediss://...?ca=
     try:
-        routes = load_config(config_path, lenient=True).routes_dir  # lenient: a missing secret changes no path
+        config = load_config(config_path, lenient=True)  # lenient: a missing secret changes no path
+        routes = config.routes_dir
+        if config.state is not None and config.state.ca_file:
+            named.append(Path(config.state.ca_file).resolve())  # as the connection opens it
     except ConfigError:
         pass
     if routes is not None and routes.is_dir():
         watched.trees.add(routes)
         watched.folders |= {routes, *(d for d in routes.rglob("*") if d.is_dir() and _visible(d, routes))}
-    for secret in _secret_files(config_path):
+    for secret in [*_secret_files(config_path), *named]:
         watched.files.add(secret)
         watched.folders.add(secret.parent)
         watched.secret_folders.add(secret.parent)

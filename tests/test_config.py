@@ -229,7 +229,13 @@ MISTAKES = [
     ("upstreams:\n  w: { url: https://w.example }\n  headers: { A: b }\n",
      "config.yaml:3: upstreams.headers: 'headers' is read as the name of an upstream: it belongs under an "
      "upstream's inject:; indent it there"),
+    ("prefix: /v1\n", "config.yaml:1: prefix: unknown key 'prefix': it belongs under server: indent it there"),
+    ("server:\n  host: 127.0.0.1\nport: 8080\n",
+     "config.yaml:3: port: unknown key 'port': it belongs under server: indent it there"),
     # $VAR without braces in a secret is sent as written
+    ("state: 'redis://:$REDIS_PASSWORD@cache:6379/0'\n",
+     "config.yaml:1: state: $REDIS_PASSWORD is sent as written, not read from the environment: write "
+     "${REDIS_PASSWORD}"),
     ("upstreams:\n  w:\n    url: https://w.example\n    inject: { headers: { Authorization: \"Bearer $KEY\" } }\n",
      "config.yaml:4: upstreams.w.inject.headers.Authorization: $KEY is sent as written, not read from the "
      "environment: write ${KEY}"),

@@ -230,6 +230,15 @@ def test_what_dev_watches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert [p for p in no if watched.accepts(None, str(p))] == []  # type: ignore[arg-type]
 
 
+def test_the_redis_ca_file_is_watched(tmp_path: Path) -> None:
+    (tmp_path / "tls").mkdir()
+    config = make_project(tmp_path, CONFIG + f"state: rediss://127.0.0.1:6390/0?ca={tmp_path / 'tls' / 'ca.pem'}\n")
+    watched = project_files(config.resolve())
+    ca = (tmp_path / "tls" / "ca.pem").resolve()
+    assert ca in watched.files and watched.accepts(None, str(ca))  # type: ignore[arg-type]
+    assert not watched.accepts(None, str(ca.parent / "other.pem"))  # type: ignore[arg-type]
+
+
 def test_routes_named_elsewhere_are_followed(tmp_path: Path) -> None:
     config = make_project(tmp_path, CONFIG.replace("server:\n", "server:\n  routes: api-files\n"), routes={})
     (tmp_path / "api-files").mkdir()

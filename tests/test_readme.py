@@ -268,3 +268,37 @@ def code_of(source: str) -> list[str]:
     body = tree.body[1:] if tree.body and isinstance(tree.body[0], ast.Expr) and \
         isinstance(tree.body[0].value, ast.Constant) else tree.body
     return [ast.dump(node) for node in body]
+
+
+def test_every_python_snippet_parses_and_imports_what_exists() -> None:
+    """Route snippets of other projects (a real API behind them) are not run, but each must be valid Python whose
+    imports from the gateway and its libraries name what really exists."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "routes"))  # route modules import their private helpers (routes/_lib) so
+    checked = 0
+    try:
+        checked = _check_python_blocks(importlib)
+    finally:
+        sys.path.remove(str(ROOT / "routes"))
+    assert checked >= 8
+
+
+def _check_python_blocks(importlib) -> int:
+    checked = 0
+    for block in blocks("python"):
+        try:
+            tree = ast.parse(block.text)
+        except SyntaxError as exc:
+            raise AssertionError(f"README.md:{block.line + (exc.lineno or 0)}: not valid Python: {exc.msg}") from None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name) or alias.name == "*", \
+                        f"README.md:{block.line}: {node.module} has no {alias.name}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    importlib.import_module(alias.name)
+        checked += 1
+    return checked

@@ -73,7 +73,7 @@ async def test_two_gateways_admit_exactly_k_of_500_concurrent(tmp_path: Path, re
     assert "cannot be reached" not in a.stderr + b.stderr
 
 
-async def test_workers_share_the_budget_too(tmp_path: Path, redis_server: RedisServer) -> None:
+async def test_workers_share_the_request_rate_limit_too(tmp_path: Path, redis_server: RedisServer) -> None:
     with gateways(tmp_path, config(redis_server.url, limit="20/hour"), args=("--workers", "2")) as (gw,):
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
                                          timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
