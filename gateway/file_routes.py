@@ -19,6 +19,7 @@ from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge
 from .intake import GatewayRequest
 from .keys import CLAIMS, HEAD_AS_GET, PENDING, Resources
 from .paths import pattern_of
+from .pipeline.body import paced
 from .pipeline.helper import UpstreamResponse
 from .routing import Handler
 from .units import Rate, parse_duration, parse_rate, parse_size
@@ -137,6 +138,17 @@ class RouteRequest(GatewayRequest):
 
     def __contains__(self, key: object) -> bool:
         return super().__contains__(CLAIMS if key == "claims" else key)
+
+    async def read(self) -> bytes:
+        """aiohttp's ``read()`` (bounded by max_body: 413), whose body must keep a pace (pipeline/body.py: 408)."""
+        if self._read_bytes is None:
+            body = bytearray()
+            async for chunk in paced(self._payload):
+                body.extend(chunk)
+                if self._client_max_size and len(body) > self._client_max_size:
+                    raise web.HTTPRequestEntityTooLarge(max_size=self._client_max_size, actual_size=len(body))
+            self._read_bytes = bytes(body)
+        return self._read_bytes
 
     async def json(self, *, loads: Callable[[str], Any] = json.loads) -> Any:
         try:

@@ -1,12 +1,38 @@
-"""The client's request body, streamed upstream and cut off at ``max_body``."""
+"""The client's request body, streamed upstream and cut off at ``max_body``, and at a pace it must keep."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from time import monotonic
+from typing import Any
 
 from aiohttp import web
 
-from ..errors import PayloadTooLarge
+from ..errors import PayloadTooLarge, RequestTimeout
+
+BODY_GRACE = 10.0  # seconds spent waiting for the client's body before its pace is judged
+MIN_BODY_RATE = 1024  # bytes per second waited, on average, after that: a body that trickles slower is cut (408)
+
+
+async def paced(content: Any) -> AsyncIterator[bytes]:
+    """The chunks of a request body (an aiohttp StreamReader) as they come, cut with RequestTimeout when the client
+    sends them too slowly: after BODY_GRACE seconds of waiting, fewer than MIN_BODY_RATE bytes per second waited.
+    Only the time spent waiting for the client counts (not the time the reader spends elsewhere, e.g. while an
+    upstream is slow to take the upload), so a slow consumer never cuts a fast client. A body that trickles one
+    byte every few seconds would otherwise hold its connection, and a worker's memory, for as long as it likes."""
+    waited = 0.0
+    total = 0
+    while True:
+        began = monotonic()
+        chunk = await content.readany()
+        waited += monotonic() - began
+        if not chunk:
+            return
+        total += len(chunk)
+        if waited > BODY_GRACE and total < MIN_BODY_RATE * waited:
+            raise RequestTimeout(f"the request body came too slowly: {total} bytes in {waited:.0f}s of waiting "
+                                 f"(at least {MIN_BODY_RATE} bytes a second are needed)")
+        yield chunk
 
 
 class LimitedBody:
@@ -19,7 +45,7 @@ class LimitedBody:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         total = 0
-        async for chunk in self._content.iter_any():
+        async for chunk in paced(self._content):
             total += len(chunk)
             if total > self.limit:
                 self.exceeded = True
