@@ -148,7 +148,7 @@ async def relay(client: web.WebSocketResponse, up: aiohttp.ClientWebSocketRespon
             if kind == WSMsgType.TEXT:
                 text = data if inbound else scrub_text(data)
                 await sink.send_str(text)
-                size = len(text)
+                size = len(text) if text.isascii() else len(text.encode())  # bytes, as they went on the wire
             else:
                 payload = data if inbound else scrub_bytes(data)
                 await sink.send_bytes(payload)
