@@ -741,3 +741,18 @@ async def test_log_check_catches_a_leak_in_a_message_or_a_traceback(caplog):
         log.exception("failed")
     assert len(leaky_log_lines(caplog.records)) == 2
     caplog.clear()  # or no_secret_logged would rightly fail this test
+
+
+async def test_the_request_id_goes_upstream_too(aiohttp_server, aiohttp_client, tmp_path):
+    # the client's plain id is the one the upstream sees and the client gets back; without one, a new id, the same
+    # both ways, so a line in the upstream's log and one in the gateway's can be matched
+    up, port = await echo_upstream(aiohttp_server)
+    client = await gateway(aiohttp_client, tmp_path, port, ITEMS)
+    resp = await client.get("/api/svc/x", headers={"X-Request-Id": "trace-42"})
+    assert resp.status == 200 and resp.headers["X-Request-Id"] == "trace-42"
+    assert up.last.headers.getall("X-Request-Id") == ["trace-42"]
+    resp = await client.get("/api/svc/x")
+    made = resp.headers["X-Request-Id"]
+    assert len(made) == 32 and up.last.headers.getall("X-Request-Id") == [made]
+    resp = await client.get("/api/svc/x", headers={"X-Request-Id": "bad id\twith tab"})  # not a plain token
+    assert up.last.headers.getall("X-Request-Id") == [resp.headers["X-Request-Id"]] != ["bad id\twith tab"]
