@@ -382,6 +382,10 @@ class _Reader(ValueReader):
         path: YamlPath = ("forwards", key)
         known = ("upstream", "path", "methods", "cache", "rate_limit", "response", "rewrite_urls", "max_body", "public",
                  "websocket", "max_message", "idle_timeout", "auth", "guard")
+        if key in known and not (isinstance(value, dict) and "upstream" in value):
+            self.fail(path, f"{key!r} is read as the route of a forward: it belongs inside a forward, beside its "
+                            "upstream:; indent it there")
+            return None
         raw = self.mapping(value, path, known)
         if value is not None and not isinstance(value, dict):
             return None

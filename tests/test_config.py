@@ -232,6 +232,9 @@ MISTAKES = [
     ("prefix: /v1\n", "config.yaml:1: prefix: unknown key 'prefix': it belongs under server: indent it there"),
     ("server:\n  host: 127.0.0.1\nport: 8080\n",
      "config.yaml:3: port: unknown key 'port': it belongs under server: indent it there"),
+    ("upstreams:\n  w: { url: https://w.example }\nforwards:\n  w/[...p]:\n    upstream: w\n  path: '/{p}'\n",
+     "config.yaml:6: forwards.path: 'path' is read as the route of a forward: it belongs inside a forward, beside its "
+     "upstream:; indent it there"),
     # $VAR without braces in a secret is sent as written
     ("state: 'redis://:$REDIS_PASSWORD@cache:6379/0'\n",
      "config.yaml:1: state: $REDIS_PASSWORD is sent as written, not read from the environment: write "

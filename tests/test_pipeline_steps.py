@@ -210,6 +210,18 @@ async def test_scrub_refuses_a_body_it_cannot_read() -> None:
     assert (await scrub(Scrubber([SECRET]))(request(), Stub(empty))).body == b""  # nothing to read, nothing refused
 
 
+@pytest.mark.parametrize("body", [b"x", [b"x"]])
+async def test_an_unreadable_encoding_naming_a_secret_is_logged_without_it(body, caplog) -> None:
+    # the coding is the upstream's text: it may echo anything, a key included, and is cut to 40 characters
+    caplog.set_level(logging.WARNING)
+    coding = f"x-{SECRET}-{'z' * 100}"
+    with pytest.raises(UpstreamError) as raised:
+        await scrub(Scrubber([SECRET]))(request(), Stub(answer(body=body, encoding=coding)))
+    assert SECRET not in raised.value.message and SECRET not in caplog.text
+    assert "cannot be checked for secrets" in caplog.text and "[REDACTED]" in caplog.text
+    assert "z" * 50 not in caplog.text
+
+
 # --- chain ------------------------------------------------------------------------------------------------------
 
 
