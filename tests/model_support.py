@@ -16,6 +16,24 @@ from aiohttp import web
 from upstream_support import Recorder
 
 WAIT = 5.0  # seconds: reached only when the behaviour under test is broken
+# config text for the e2e tests (a str.format template: {port} is the fake model's): the upstream, its key injected,
+# and the head of a guarded chat forward, whose guard: lines each test adds
+OPENAI_UPSTREAM = """\
+upstreams:
+  openai:
+    url: http://127.0.0.1:{port}/v1
+    timeout: 10s
+    inject:
+      headers: {{ Authorization: "Bearer ${{OPENAI_API_KEY}}" }}
+"""
+GUARDED_CHAT = """\
+forwards:
+  openai/chat/completions:
+    upstream: openai
+    path: /chat/completions
+    methods: [POST]
+    guard:
+"""
 
 
 def completion(usage: tuple[int, int] | None) -> dict[str, Any]:

@@ -12,25 +12,14 @@ import time
 import aiohttp
 import pytest
 from e2e_support import ENV, running_gateway
-from model_support import WAIT, FakeModel
+from model_support import GUARDED_CHAT, OPENAI_UPSTREAM, WAIT, FakeModel
 from prometheus_client.parser import text_string_to_metric_families
 
 CONFIG = """\
 server:
   prefix: /api
   shutdown_grace: 2s
-upstreams:
-  openai:
-    url: http://127.0.0.1:{port}/v1
-    timeout: 10s
-    inject:
-      headers: {{ Authorization: "Bearer ${{OPENAI_API_KEY}}" }}
-forwards:
-  openai/chat/completions:
-    upstream: openai
-    path: /chat/completions
-    methods: [POST]
-    guard:
+""" + OPENAI_UPSTREAM + GUARDED_CHAT + """\
       allow: {{ model: [gpt-4o-mini] }}
       cap: {{ max_tokens: 64, n: 1 }}
       budget: 100000/day

@@ -11,7 +11,7 @@ import math
 
 import aiohttp
 from e2e_support import ENV, OPENAI_KEY, running_gateway
-from model_support import WAIT, FakeModel
+from model_support import GUARDED_CHAT, OPENAI_UPSTREAM, WAIT, FakeModel
 from redis_support import RedisServer, redis_module_fixture, redis_server_fixture  # noqa: F401 (fixtures)
 from upstream_support import leaks
 
@@ -26,18 +26,7 @@ state: {url}
 state_on_error: closed
 clients:
   api_keys: ["${{CLIENT_KEY}}"]
-upstreams:
-  openai:
-    url: http://127.0.0.1:{port}/v1
-    timeout: 10s
-    inject:
-      headers: {{ Authorization: "Bearer ${{OPENAI_API_KEY}}" }}
-forwards:
-  openai/chat/completions:
-    upstream: openai
-    path: /chat/completions
-    methods: [POST]
-    guard:
+""" + OPENAI_UPSTREAM + GUARDED_CHAT + """\
       allow: {{ model: [gpt-4o-mini] }}
       cap: {{ max_tokens: {cap}, n: 1 }}
       budget: {budget}/hour

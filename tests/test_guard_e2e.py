@@ -11,24 +11,13 @@ import httpx2
 import openai
 import pytest
 from e2e_support import ENV, OPENAI_KEY, TeeTransport, leaks, running_gateway
-from model_support import WAIT, FakeModel
+from model_support import GUARDED_CHAT, OPENAI_UPSTREAM, WAIT, FakeModel
 from openai import AsyncOpenAI
 
 CONFIG = """\
 server:
   shutdown_grace: 2s
-upstreams:
-  openai:
-    url: http://127.0.0.1:{port}/v1
-    timeout: 10s
-    inject:
-      headers: {{ Authorization: "Bearer ${{OPENAI_API_KEY}}" }}
-forwards:
-  openai/chat/completions:
-    upstream: openai
-    path: /chat/completions
-    methods: [POST]
-    guard:
+""" + OPENAI_UPSTREAM + GUARDED_CHAT + """\
       allow: {{ model: [gpt-4o-mini, gpt-4.1-mini] }}
       cap: {{ max_tokens: 512, max_completion_tokens: 512, n: 1 }}
       budget: {budget}/day
