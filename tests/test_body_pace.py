@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from app_support import served
 
-from gateway.app import build_table, create_app
-from gateway.config import load_config
-from gateway.intake import GatewayRunner
 from gateway.pipeline import body as body_module
 
 WAIT = 10.0  # seconds: reached only when the behaviour under test is broken
@@ -63,15 +61,8 @@ async def gateway(tmp_path: Path, up_port: int) -> AsyncIterator[int]:
         "  plain: { upstream: up, path: /x, methods: [POST] }\n"
         "  guarded: { upstream: up, path: /x, methods: [POST], guard: { allow: { model: [m] } } }\n"
     )
-    loaded = load_config(tmp_path / "config.yaml", environ={})
-    runner = GatewayRunner(create_app(loaded, build_table(loaded)), handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
+    async with served(tmp_path / "config.yaml") as port:
+        yield port
 
 
 async def post(port: int, path: str, chunks: list[bytes], every: float) -> tuple[int, dict, float]:

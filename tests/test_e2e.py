@@ -27,6 +27,7 @@ from e2e_support import (
     running_gateway,
     serve,
 )
+from model_support import OPENAI_UPSTREAM
 from openai import AsyncOpenAI
 from upstream_support import Recorder
 
@@ -35,12 +36,7 @@ DUMMY = "dummy"
 OPENAI_CONFIG = """\
 server:
   shutdown_grace: 2s
-upstreams:
-  openai:
-    url: http://127.0.0.1:{port}/v1
-    timeout: 10s
-    inject:
-      headers: {{ Authorization: "Bearer ${{OPENAI_API_KEY}}" }}
+""" + OPENAI_UPSTREAM + """\
 forwards:
   openai/[...path]: {{ upstream: openai, path: "/{{path}}", methods: [GET, POST] }}
 """

@@ -19,11 +19,9 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from app_support import served
 
-from gateway.app import build_table, create_app
-from gateway.config import load_config
 from gateway.inflate import MAX_MEMBERS, SLICE, WINDOW, Inflater
-from gateway.intake import GatewayRunner
 
 WAIT = 10.0  # seconds: reached only when the behaviour under test is broken
 CLIENT_KEY = "sk-client-MARKER-0123456789abcdef"  # a client's key inside malformed requests: never echoed or logged
@@ -92,15 +90,8 @@ async def serving(tmp_path: Path, config: str = "server:\n  prefix: /api\n", for
     for name, source in ROUTES.items():
         (tmp_path / "routes").mkdir(exist_ok=True)
         (tmp_path / "routes" / name).write_text(source)
-    loaded = load_config(tmp_path / "config.yaml", environ={})
-    runner = GatewayRunner(create_app(loaded, build_table(loaded)), handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
+    async with served(tmp_path / "config.yaml") as port:
+        yield port
 
 
 def route_module(name: str):  # the route module as build_table imported it
