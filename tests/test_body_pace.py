@@ -1,6 +1,6 @@
-"""A request body that trickles is cut with 408 (pipeline/body.py: paced), through a forward's upload, a guarded
-forward's read and a route module's ``await req.read()``; a body that keeps its pace, or waits on a slow upstream,
-is not. The pace is judged after BODY_GRACE seconds of waiting: the tests shorten it to 0.3 s."""
+"""A request body that trickles or stops is cut with 408 (pipeline/body.py: paced), through a forward's upload, a
+guarded forward's read and a route module's ``await req.read()``; a body that keeps its pace, or waits on a slow
+upstream, is not. The pace is judged after BODY_GRACE seconds of waiting: the tests shorten it to 0.3 s."""
 
 from __future__ import annotations
 
@@ -65,12 +65,14 @@ async def gateway(tmp_path: Path, up_port: int) -> AsyncIterator[int]:
         yield port
 
 
-async def post(port: int, path: str, chunks: list[bytes], every: float) -> tuple[int, dict, float]:
+async def post(port: int, path: str, chunks: list[bytes], every: float, length: int | None = None
+               ) -> tuple[int, dict, float]:
     """POST ``chunks`` (Content-Length: their total) one every ``every`` seconds on a raw connection, stopping
-    early when the gateway answers; (status, JSON body, seconds until the answer)."""
+    early when the gateway answers (``length``: the Content-Length, when not all of it is sent); (status, JSON
+    body, seconds until the answer)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     began = time.monotonic()
-    size = sum(map(len, chunks))
+    size = sum(map(len, chunks)) if length is None else length
     writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n"
                  "Connection: close\r\n\r\n".encode())
     answer = asyncio.ensure_future(read_answer(reader))
@@ -106,6 +108,16 @@ async def test_a_trickling_body_is_cut_with_408(tmp_path: Path, path: str) -> No
     assert body["error"] == "bad_request" and "too slowly" in body["message"]
     assert took < 3.0  # judged soon after the grace (0.3 s), not after the whole body
     assert seen == []  # nothing incomplete reached the upstream's handler as a whole body
+
+
+@pytest.mark.parametrize("path", ["/api/plain", "/api/guarded", "/api/echo"])
+async def test_a_body_that_stops_is_cut_with_408_after_the_grace(tmp_path: Path, path: str) -> None:
+    # half the body, then nothing: a route module reading it had no bound at all before
+    async with upstream() as (up_port, seen), gateway(tmp_path, up_port) as port:
+        status, body, took = await post(port, path, [BODY[:30]], WAIT, length=len(BODY))
+    assert status == 408 and "too slowly" in body["message"]
+    assert GRACE <= took < 3.0
+    assert seen == []
 
 
 @pytest.mark.parametrize("path", ["/api/plain", "/api/guarded", "/api/echo"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from time import monotonic
 from typing import Any
@@ -10,28 +11,32 @@ from aiohttp import web
 
 from ..errors import PayloadTooLarge, RequestTimeout
 
-BODY_GRACE = 10.0  # seconds spent waiting for the client's body before its pace is judged
-MIN_BODY_RATE = 1024  # bytes per second waited, on average, after that: a body that trickles slower is cut (408)
+BODY_GRACE = 10.0  # seconds the gateway waits for a request body whatever its pace
+MIN_BODY_RATE = 1024  # bytes per second waited, on average, that a body must keep past the grace (else 408)
 
 
 async def paced(content: Any) -> AsyncIterator[bytes]:
-    """The chunks of a request body (an aiohttp StreamReader) as they come, cut with RequestTimeout when the client
-    sends them too slowly: after BODY_GRACE seconds of waiting, fewer than MIN_BODY_RATE bytes per second waited.
-    Only the time spent waiting for the client counts (not the time the reader spends elsewhere, e.g. while an
-    upstream is slow to take the upload), so a slow consumer never cuts a fast client. A body that trickles one
-    byte every few seconds would otherwise hold its connection, and a worker's memory, for as long as it likes."""
+    """The chunks of a request body (an aiohttp StreamReader) as they come, cut with RequestTimeout once the time
+    spent waiting for them passes what the body has earned: BODY_GRACE seconds, or one second per MIN_BODY_RATE
+    bytes received, whichever is more. A body that stalls is cut as soon as that runs out, one that trickles (a
+    byte every few seconds, which would hold its connection and a worker's memory for as long as it likes) once
+    it falls behind. Only the time spent waiting for the client counts, not the time the reader spends elsewhere
+    (e.g. while an upstream is slow to take the upload): a slow consumer never cuts a fast client."""
     waited = 0.0
     total = 0
     while True:
+        allowed = max(BODY_GRACE, total / MIN_BODY_RATE) - waited
         began = monotonic()
-        chunk = await content.readany()
+        try:
+            async with asyncio.timeout(max(allowed, 0.0)):
+                chunk = await content.readany()
+        except TimeoutError:
+            raise RequestTimeout(f"the request body came too slowly: {total} bytes in {waited + allowed:.0f}s "
+                                 f"(it may take {BODY_GRACE:g}s, then needs {MIN_BODY_RATE} bytes a second)") from None
         waited += monotonic() - began
         if not chunk:
             return
         total += len(chunk)
-        if waited > BODY_GRACE and total < MIN_BODY_RATE * waited:
-            raise RequestTimeout(f"the request body came too slowly: {total} bytes in {waited:.0f}s of waiting "
-                                 f"(at least {MIN_BODY_RATE} bytes a second are needed)")
         yield chunk
 
 
