@@ -53,13 +53,9 @@ class Project:
             config = load_config(self.path, real, lenient=self.lenient)
         except ConfigError as exc:
             raise LoadError([str(p) for p in exc.problems]) from None
-        if self.config is not None and config.server.prefix != self.config.server.prefix:
-            old, new = self.config.server.prefix or "/", config.server.prefix or "/"
-            raise LoadError([f"{config.file.name}: server.prefix: changed from {old} to {new}, which needs a "
-                             "restart of the gateway"])
         if self.config is not None and (changed := needs_restart(self.config, config)):
-            raise LoadError([f"{config.file.name}: {key}: changed, which needs a restart of the gateway ({why})"
-                             for key, why in changed])
+            raise LoadError([f"{config.file.name}: {key}: {what}, which needs a restart of the gateway{why}"
+                             for key, what, why in changed])
         before = self._use_dotenv(config, real)
         broken: list[str] | None = [] if self.dev else None
         try:
@@ -89,14 +85,18 @@ class Project:
         self._from_dotenv = dict(values)
 
 
-def needs_restart(old: Config, new: Config) -> list[tuple[str, str]]:
-    """What a reload cannot swap in: refused as a whole rather than half applied (a route demanding tokens with no
-    verifier would admit everyone; a limit would count in a backend the config no longer names)."""
+def needs_restart(old: Config, new: Config) -> list[tuple[str, str, str]]:
+    """What a reload cannot swap in, as (YAML path, what changed, why): refused as a whole rather than half applied (the
+    prefix is indexed by aiohttp's router; a route demanding tokens with no verifier would admit everyone; a limit
+    would count in a backend the config no longer names). ``server`` keys read once but harmless to keep are only
+    warned about (RESTART_ONLY)."""
     changed = []
+    if old.server.prefix != new.server.prefix:
+        changed.append(("server.prefix", f"changed from {old.server.prefix or '/'} to {new.server.prefix or '/'}", ""))
     if old.clients.jwt != new.clients.jwt:
-        changed.append(("clients.jwt", "the identity provider's keys are fetched when it starts"))
+        changed.append(("clients.jwt", "changed", " (the identity provider's keys are fetched at start)"))
     if _state_key(old) != _state_key(new):
-        changed.append(("state", "the connection to the shared state is opened when it starts"))
+        changed.append(("state", "changed", " (the connection to the shared state is opened at start)"))
     return changed
 
 

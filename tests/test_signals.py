@@ -135,7 +135,7 @@ def test_an_invalid_config_on_sighup_is_logged_and_the_old_one_keeps_serving(tmp
         (tmp_path / "config.yaml").write_text(good + jwt)
         hup_and_wait_for(server, "reload refused: 1 problem")
         assert any("clients.jwt: changed, which needs a restart" in r.get("problem", "") for r in records(server))
-        (tmp_path / "config.yaml").write_text(good + "state: redis://127.0.0.1:9/0\n")
+        (tmp_path / "config.yaml").write_text(good + "state: redis://:${SVC_KEY}@127.0.0.1:9/0\n")  # never printed
         hup_and_wait_for(server, "reload refused: 1 problem")
         assert any("state: changed, which needs a restart" in r.get("problem", "") for r in records(server))
         assert body(server, "/api/user")["version"] == 1

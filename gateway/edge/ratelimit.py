@@ -57,7 +57,7 @@ def rate_limit(policies: Sequence[Policy], state: State) -> Step | None:
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise ValueError(f"two rate-limit policies share a name: {names}")
-    items = [(p, limit_item(p.rate), *_key_around(limit_item(p.rate), p)) for p in policies]
+    items = [(p, item, *_key_around(item, p)) for p in policies for item in (limit_item(p.rate),)]
     policy_field = ", ".join(f'"{p.name}";q={p.rate.count};w={int(p.rate.period)}' for p in policies)
 
     @functools.lru_cache(maxsize=4096)  # a client's every request counts under the same limits: built once
@@ -71,7 +71,7 @@ def rate_limit(policies: Sequence[Policy], state: State) -> Step | None:
         headers = answer_headers(request)
         headers["RateLimit-Policy"] = policy_field
         headers["RateLimit"] = ", ".join([
-            f'"{item[0].name}";r={w.remaining};t={_seconds(w)}' for item, w in zip(items, verdict.windows, strict=True)
+            f'"{p.name}";r={w.remaining};t={_seconds(w)}' for p, w in zip(policies, verdict.windows, strict=True)
         ])
         if not verdict.admitted:
             retry = max(_seconds(verdict.windows[i]) for i in verdict.refused)

@@ -165,4 +165,3 @@ if redis.call('HGET', KEYS[1], 'id') == ARGV[3] and stop > now then
 end
 return {spent, math.max(0, stop - now)}
 """)
-
