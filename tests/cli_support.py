@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import http.client
+import http.server
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +88,36 @@ def get(port: int, path: str, headers: Mapping[str, str] | None = None, timeout:
         return Reply(resp.status, dict(resp.getheaders()), resp.read())
     finally:
         conn.close()
+
+
+@contextmanager
+def json_server(answer: Callable[[str], object]) -> Iterator[tuple[int, list[str]]]:
+    """An HTTP server in a thread on 127.0.0.1 answering each GET with ``answer(path)`` as JSON, for a gateway run as
+    another process (tests then poll it synchronously); yields its port and the paths asked so far."""
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's spelling
+            asked.append(self.path)
+            body = json.dumps(answer(self.path)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, alive: Callable[[], None] | None = None) -> None:

@@ -5,47 +5,20 @@ both RateLimit members, and a cache HIT, from a real upstream on 127.0.0.1. Stop
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cli_support import SCRIPT, Server, clean_env, free_port, make_project, run_cli
+from cli_support import SCRIPT, Server, clean_env, free_port, json_server, make_project, run_cli
 
 ORIGIN = "https://app.example.com"
 ROUTE = "config = {'rate_limit': '50/minute', 'cache': '30s'}\n\nasync def GET(req):\n    return {'route': True}\n"
 
 
-class Upstream(BaseHTTPRequestHandler):
-    calls = 0
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        type(self).calls += 1
-        body = json.dumps({"city": self.path}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(name="upstream")
-def upstream_fixture() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    Upstream.calls = 0
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def upstream_fixture() -> Iterator[tuple[int, list[str]]]:
+    with json_server(lambda path: {"city": path}) as served:
+        yield served
 
 
 def config(upstream: int) -> str:
@@ -74,8 +47,10 @@ def not_applied(text: str) -> list[str]:
     return [line for line in text.splitlines() if "not applied" in line.lower()]
 
 
-def test_serve_applies_cors_rate_limits_and_cache_without_a_not_applied_warning(tmp_path: Path, upstream: int) -> None:
-    make_project(tmp_path, config(upstream), routes={"news.py": ROUTE})
+def test_serve_applies_cors_rate_limits_and_cache_without_a_not_applied_warning(
+        tmp_path: Path, upstream: tuple[int, list[str]]) -> None:
+    up_port, asked = upstream
+    make_project(tmp_path, config(up_port), routes={"news.py": ROUTE})
     port = free_port()
     with Server(SCRIPT, "serve", "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path, env=clean_env(),
                 port=port) as server:
@@ -97,12 +72,12 @@ def test_serve_applies_cors_rate_limits_and_cache_without_a_not_applied_warning(
     assert first.headers["RateLimit-Policy"] == '"clients";q=100;w=60, "route";q=30;w=60'
     assert route.headers["RateLimit-Policy"] == '"clients";q=100;w=60, "route";q=50;w=60'
     assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
-    assert Upstream.calls == 1
+    assert len(asked) == 1
 
 
-def test_check_says_nothing_is_not_applied_either(tmp_path: Path, upstream: int) -> None:
+def test_check_says_nothing_is_not_applied_either(tmp_path: Path, upstream: tuple[int, list[str]]) -> None:
     """The same config under `gateway check`, which printed the same warnings in the same era."""
-    make_project(tmp_path, config(upstream), routes={"news.py": ROUTE})
+    make_project(tmp_path, config(upstream[0]), routes={"news.py": ROUTE})
     result = run_cli(SCRIPT, "check", cwd=tmp_path, env=clean_env())
     assert result.returncode == 0, result.stderr
     assert not_applied(result.stdout) == [] and not_applied(result.stderr) == []

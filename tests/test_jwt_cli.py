@@ -3,14 +3,12 @@ lazy: true), tokens verify end to end, and no token reaches the program's output
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_support import SCRIPT, Server, clean_env, free_port, get, make_project, run_cli
+from cli_support import SCRIPT, Server, clean_env, free_port, get, json_server, make_project, run_cli
 from jwt_support import Idp
 
 ROUTES = {"me.py": "async def GET(req):\n    return {'sub': req['claims']['sub']}\n"}
@@ -26,27 +24,9 @@ clients:
 @pytest.fixture
 def jwks_url() -> Iterator[str]:
     """A JWKS server in a thread (the gateway under test is another process; the test polls it synchronously)."""
-    body = json.dumps({"keys": Idp().keys}).encode()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's spelling
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
-    finally:
-        server.shutdown()
-        server.server_close()
+    keys = {"keys": Idp().keys}
+    with json_server(lambda _path: keys) as (port, _asked):
+        yield f"http://127.0.0.1:{port}/jwks.json"
 
 
 def test_serve_stops_with_one_line_when_the_jwks_cannot_be_fetched(tmp_path: Path) -> None:
