@@ -134,6 +134,30 @@ def test_whole_secret_is_replaced_in_bytes_and_text():
     assert s.scrub(KEY.encode()) == R.encode()
 
 
+@pytest.mark.parametrize("text", [
+    f"Bearer {KEY}",
+    f"naïve ☃ {KEY} ☃",  # non-ASCII on both sides
+    f"\udcff{KEY[:10]}\udcfe",  # surrogate-escaped bytes (a header read as bytes) around a prefix fragment
+    f"x={quote(KEY)}",  # an encoded form
+    f"tail {KEY[-9:]}",  # a suffix fragment
+])
+def test_text_is_scrubbed_as_its_bytes_are(text):
+    """scrub_text looks for the ASCII needles in the text itself before encoding it: the same answer as scrubbing
+    its UTF-8 bytes, with and without a secret."""
+    s = Scrubber([KEY])
+    as_bytes = s.scrub(text.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+    assert s.scrub_text(text) == as_bytes != text
+    clean = text.replace(KEY[:10], "nothing-here").replace(KEY[-9:], "").replace(quote(KEY), "")
+    assert s.scrub_text(clean) is clean
+
+
+def test_a_secret_with_non_ascii_characters_is_found_in_text():
+    secret = "pässwörd-1234567"
+    s = Scrubber([secret])
+    assert s.scrub_text(f"echo: {secret}!") == f"echo: {R}!"
+    assert s.scrub_text(f"echo: {secret[:9]}") == f"echo: {R}"
+
+
 @pytest.mark.parametrize("secret", ["p+ss/w=rd with space&more", "ab+/cd==ef+/gh==", "key with spaces: in@it"])
 def test_url_encoded_forms_are_replaced(secret):
     s = Scrubber([secret])

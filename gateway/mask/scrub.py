@@ -53,6 +53,10 @@ class Scrubber:
         self._escapable = any(len(c) > 1 for secret in self._secrets for c in secret.chars)
         self._plain = b"\0".join(v.encode("utf-8", "surrogatepass").replace(b" ", b"+") for v in values)
         self.active = bool(self._secrets)
+        # ASCII needles, as text: an ASCII byte in a text's UTF-8 (surrogate-escaped) bytes is that character, so a
+        # text holding none of them holds no secret, known without encoding it (most header values, log lines)
+        ascii_needles = all(needle.isascii() for needle in self._needles)
+        self._text_needles = tuple(n.decode("ascii") for n in self._needles) if ascii_needles else None
 
     def __bool__(self) -> bool:
         return self.active
@@ -67,6 +71,12 @@ class Scrubber:
     def scrub_text(self, text: str) -> str:
         if not self.active:
             return text
+        if self._text_needles is not None:
+            for needle in self._text_needles:
+                if needle in text:
+                    break
+            else:
+                return text
         try:
             errors, raw = "surrogateescape", text.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
