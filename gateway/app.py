@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -99,7 +98,7 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     app = web.Application(client_max_size=config.server.max_body)
     scrubber = Scrubber(config.secret_values)  # one for the app: upstream bodies, headers and our own log lines
     metrics = Metrics() if config.server.metrics else None
-    observer = Observer(metrics)
+    observer = Observer(metrics, lines=config.server.access_log)
     state = open_state(config.state, cache_size=config.server.cache_size)
     res = Resources(config, scrubber, build_upstreams(config, scrubber), WebSocketSessions(), state, debug,
                     jwt_verifier(config.clients.jwt), observer)
@@ -125,7 +124,8 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     web_response.SERVER_SOFTWARE = SERVER_HEADER
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(apply_answer_headers)  # what the edge steps put in ANSWER_HEADERS, on every answer
-    app.on_response_prepare.append(stream_opened(observer))  # an answer prepared before its handler ends: a stream
+    if metrics is not None or observer.lines:  # an answer prepared before its handler ends is a stream, counted
+        app.on_response_prepare.append(stream_opened(observer))
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(_close_pools)
     if res.jwt is not None:  # the JWKS is fetched before serving: start-up raises JwksUnavailable if it cannot be
@@ -139,7 +139,7 @@ def _handlers(table: RouteTable, res: Resources) -> dict[int, Handler]:
 
 def swap(app: web.Application, config: Config, table: RouteTable) -> None:
     """SIGHUP: new requests are answered from ``config`` and ``table``, with new upstream pools; requests already
-    running finish on the old ones, whose pools are closed once those requests are over. The state (counters,
+    running finish on the old ones, which close each connection once its answer is read. The state (counters,
     cached answers), the WebSocket client and the identity provider's keys are kept."""
     resource = app[RESOURCE]
     if table.prefix != resource.prefix:  # aiohttp's router indexes the prefix: refused before anything changes
@@ -154,18 +154,12 @@ def swap(app: web.Application, config: Config, table: RouteTable) -> None:
     app[FALLBACK].swap(build_fallback(not_found, res))
     runtime.scrubber, runtime.max_response, runtime.resources = scrubber, config.server.max_response, res
     upstreams = app[UPSTREAMS]  # the same dict, filled anew: forward() finds the new pools from now on
-    retired = list(upstreams.values())
+    runtime.retired = [pool for pool in runtime.retired if pool.busy]  # those emptied since the last reload go
+    for upstream in upstreams.values():  # requests already running finish on the old pools, which keep no
+        upstream.pool.retire()  # connection once its answer is read
+        runtime.retired.append(upstream.pool)
     upstreams.clear()
     upstreams.update(res.upstreams)
-    task = asyncio.ensure_future(_retire(res.observer, retired))
-    runtime.retiring.add(task)
-    task.add_done_callback(runtime.retiring.discard)
-
-
-async def _retire(observer: Observer, upstreams: list[Upstream]) -> None:
-    await observer.settled()
-    for upstream in upstreams:
-        await upstream.pool.close()
 
 
 def build_upstreams(config: Config, scrubber: Scrubber) -> dict[str, Upstream]:
@@ -193,10 +187,8 @@ async def _close_pools(app: web.Application) -> AsyncIterator[None]:
         runtime = app[RUNTIME]
         res = runtime.resources
         assert res is not None
-        if runtime.retiring:
-            await asyncio.gather(*runtime.retiring, return_exceptions=True)
-        for upstream in app[UPSTREAMS].values():
-            await upstream.pool.close()
+        for pool in [*runtime.retired, *(upstream.pool for upstream in app[UPSTREAMS].values())]:
+            await pool.close()
         await res.websockets.close()
         await res.state.close()
 

@@ -7,7 +7,6 @@ headers every answer must carry, what the access log will say); app keys hold th
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,16 +20,12 @@ from .pipeline.upstream import Upstream
 from .state import State
 
 if TYPE_CHECKING:
+    from .edge.jwt import JwtVerifier
     from .observe.metrics import Metrics
     from .observe.step import Observer
     from .pipeline.websocket import WebSocketSessions
     from .routing import FallbackResource, GatewayResource
-
-if TYPE_CHECKING:
-    from .edge.jwt import JwtVerifier
-    from .observe.metrics import Metrics
-    from .observe.step import Observer
-    from .routing import FallbackResource, GatewayResource
+    from .upstream.client import Pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +73,7 @@ class Runtime:
     debug: bool = False
     draining: bool = False
     max_response: int = 16 * 1024 * 1024  # the most of an upstream answer read into memory
-    retiring: set[asyncio.Task[None]] = field(default_factory=set)  # old upstream pools closing after a reload
+    retired: list[Pool] = field(default_factory=list)  # upstream pools a reload replaced that still had connections
     resources: Resources | None = None  # what the edge stacks serving now were built from (swapped on a reload)
 
 
@@ -93,7 +88,7 @@ class Resources:
     state: State  # rate-limit counters and cached answers
     debug: bool = False
     jwt: JwtVerifier | None = None  # clients.jwt: one verifier (and one cached JWKS) for every route
-    observer: Observer | None = None  # the access log's Facts, metrics, and the requests a reload waits for
+    observer: Observer | None = None  # the access log's Facts and the metrics
 
 
 # -- the application ------------------------------------------------------------------------------------------

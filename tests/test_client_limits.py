@@ -18,6 +18,7 @@ from upstream_support import gateway, no_secret_logged  # noqa: F401  (no_secret
 
 from gateway.upstream import codings
 from gateway.upstream.client import MAX_HEAD, MAX_HEADERS, InvalidResponse, PoolFull
+from gateway.upstream.response import HIGH_WATER
 
 pytest_plugins = ["client_support"]
 FLOOD = 64 * 1024 * 1024  # the most a flooding server writes: far over every limit, bounded all the same
@@ -342,3 +343,54 @@ async def test_the_gateway_reads_little_of_a_5xx_bomb(raw_server, aiohttp_client
     resp = await client.get("/api/svc/x")
     assert resp.status == 502
     assert sum(steps) < 4 * codings.STEP  # the 2 KiB it logs, not 128 MiB
+
+
+# --- a pool a reload replaced -------------------------------------------------------------------------------------
+
+
+async def test_a_retired_pool_closes_its_idle_connections_and_keeps_none(raw_server, pools):
+    server = await raw_server(keep_alive())
+    pool = pools(server.port)
+    assert await fetch(pool) == b"ok"
+    assert len(pool._idle) == 1 and pool.busy == 1
+    pool.retire()
+    assert pool._idle == [] and pool.busy == 0
+    await server.until(lambda: server.eofs == 1)
+    assert await fetch(pool) == b"ok"  # a request routed before the reload still gets its answer through it
+    assert pool._idle == [] and pool.busy == 0  # and its connection is closed once the answer is read
+    await server.until(lambda: server.eofs == 2)
+    assert server.accepted == 2
+
+
+async def test_a_retired_pool_still_hands_a_connection_to_a_call_waiting_for_one(raw_server, pools):
+    release = asyncio.Event()
+    server = await raw_server(held(release))
+    pool = pools(server.port, max_connections=1)
+    first = asyncio.create_task(fetch(pool, timeout=WAIT))
+    await server.until(lambda: len(server.heads) == 1)
+    second = asyncio.create_task(fetch(pool, "/second", timeout=WAIT))
+    async with asyncio.timeout(WAIT):
+        while not pool._waiters:
+            await asyncio.sleep(0)
+    pool.retire()
+    release.set()
+    assert await asyncio.gather(first, second) == [b"ok", b"ok"]
+    assert server.accepted == 1  # the waiter was handed the first call's connection, not refused
+    assert pool.busy == 0
+
+
+async def test_a_body_that_came_whole_with_the_head_leaves_the_connection_reading(raw_server, pools):
+    """A body over the high-water mark that arrived before it was read paused the connection's reading (when its
+    last bytes came with that network read, it is also complete): read whole, the connection goes back to the pool
+    reading again, and the next call on it gets its answer."""
+    body = b"b" * (HIGH_WATER + 100)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    server = await raw_server(keep_alive(answer))
+    pool = pools(server.port)
+    response = await get(pool)
+    async with asyncio.timeout(WAIT):
+        while not response._paused:  # nothing read yet, and past the mark
+            await asyncio.sleep(0)
+    assert await asyncio.wait_for(response.read(), WAIT) == body
+    assert await fetch(pool) == body
+    assert server.accepted == 1

@@ -7,6 +7,7 @@ import json
 import re
 
 import aiohttp
+import pytest
 from aiohttp import web
 from upstream_support import (  # noqa: F401  (no_secret_logged is an autouse fixture)
     Recorder,
@@ -130,11 +131,13 @@ async def test_clients_limit_counts_across_every_route_file_routes_too(aiohttp_s
     assert len(up.seen) == 1
 
 
-async def test_two_client_keys_have_separate_budgets(aiohttp_server, aiohttp_client, tmp_path):
+@pytest.mark.parametrize("logs", ["", "server:\n  access_log: false\n  metrics: false\n"])
+async def test_two_client_keys_have_separate_budgets(aiohttp_server, aiohttp_client, tmp_path, logs):
+    """Also with no access log and no metrics (then only the limit needs to know who is calling)."""
     up = upstream()
     forwards = "forwards:\n  svc/[...path]: { upstream: svc, path: '/{path}', rate_limit: 2/minute }\n"
     client = await gateway(aiohttp_client, tmp_path, await up.serve(aiohttp_server), forwards, env=ENV,
-                           server='clients:\n  api_keys: ["${CLIENT_A}", "${CLIENT_B}"]\n')
+                           server=logs + 'clients:\n  api_keys: ["${CLIENT_A}", "${CLIENT_B}"]\n')
     a = {"X-API-Key": CLIENT_KEYS["CLIENT_A"]}
     b = {"Authorization": f"Bearer {CLIENT_KEYS['CLIENT_B']}"}
     assert await statuses(client, "/api/svc/x", 3, headers=a) == [200, 200, 429]

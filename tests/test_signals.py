@@ -167,7 +167,8 @@ def test_sighup_reaches_every_worker(tmp_path: Path) -> None:
 
 
 async def test_a_call_in_flight_keeps_its_old_upstream_pool_until_it_is_done(aiohttp_server, aiohttp_client, tmp_path):
-    """swap() in one process: the old pool is closed only once the requests running at the swap are over."""
+    """swap() in one process: a call running at the swap finishes on the old pool, which then keeps no connection;
+    new calls go through the new pool."""
     entered, release = asyncio.Event(), asyncio.Event()
 
     async def slow(request: web.Request) -> web.Response:
@@ -179,18 +180,18 @@ async def test_a_call_in_flight_keeps_its_old_upstream_pool_until_it_is_done(aio
     up.route("GET", "/base/slow", slow)
     client = await gateway(aiohttp_client, tmp_path, await up.serve(aiohttp_server), timeout="10s")
     app = client.server.app
+    old = app[UPSTREAMS]["svc"].pool
     call = asyncio.create_task(client.get("/api/svc/slow"))
     await asyncio.wait_for(entered.wait(), WAIT)
-    old = app[UPSTREAMS]["svc"]
+    assert (await client.get("/api/svc/not-there")).status == 404  # a second connection, idle after its answer
+    assert old.busy == 2
     config = load_config(tmp_path / "config.yaml", environ=ENV)
     swap(app, config, build_table(config))
-    assert app[UPSTREAMS]["svc"] is not old  # new requests get a new pool
-    retiring = set(app[RUNTIME].retiring)
-    assert len(retiring) == 1
-    await asyncio.sleep(0)  # let the retiring task start: it must wait for the call, not close its pool
-    assert not any(task.done() for task in retiring)
+    new = app[UPSTREAMS]["svc"].pool
+    assert new is not old and app[RUNTIME].retired == [old]  # new requests get a new pool
+    assert old.busy == 1  # the idle connection is closed at once; the call's is not cut
     release.set()
     resp = await asyncio.wait_for(call, WAIT)
     assert resp.status == 200 and await resp.json() == {"done": True}
-    await asyncio.wait_for(asyncio.gather(*retiring), WAIT)  # and then the old pool is closed
-    assert not app[RUNTIME].retiring
+    assert old.busy == 0  # its answer read, the call's connection was closed, not kept idle
+    assert (await client.get("/api/svc/not-there")).status == 404 and new.busy == 1 and old.busy == 0

@@ -26,11 +26,12 @@ MAX_HOPS = 16  # X-Forwarded-For entries examined from the right; no real proxy 
 _MAX_ENTRY = 64  # longer than any address with a port: garbage, not parsed
 
 
-def identify(trusted_proxies: Sequence[Network] = ()) -> Step:
-    """The step that names the client for the steps after it (rate limits, cache, budgets, the access log).
-
-    Always present: it costs a dict lookup or two. It runs after authentication, which records a verified key.
+def identify(trusted_proxies: Sequence[Network] = (), *, enabled: bool = True) -> Step | None:
+    """The step that names the client for what reads the name after it (rate limits, a per-user cache, token
+    budgets, the access log); None when nothing does. It runs after authentication, which records a verified key.
     """
+    if not enabled:
+        return None
     trusted = tuple(trusted_proxies)
 
     async def identified(request: web.Request, call_next: Handler) -> web.StreamResponse:

@@ -1,4 +1,4 @@
-"""The ``observe`` edge step: the request's Facts, in-flight and open-stream gauges, the requests a reload awaits.
+"""The ``observe`` edge step: the request's Facts, in-flight and open-stream gauges.
 
 It sits right inside error rendering, so everything below it (auth refusals, rate limits, upstream failures) is
 seen; the line itself is written by ``AccessLog`` once the answer is sent (see access.py).
@@ -21,31 +21,23 @@ Step = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 class Observer:
-    """Per process: the metrics (None when ``server.metrics: false``) and the requests now inside an edge stack."""
+    """Per process: the metrics (None when ``server.metrics: false``) and whether a line is written per request."""
 
-    def __init__(self, metrics: Metrics | None) -> None:
+    def __init__(self, metrics: Metrics | None, *, lines: bool = True) -> None:
         self.metrics = metrics
-        self.running: set[asyncio.Task[object]] = set()
-
-    async def settled(self) -> None:
-        """Return once every request running now has finished (those started later are not waited for)."""
-        pending = {task for task in self.running if not task.done()}
-        if pending:
-            await asyncio.wait(pending)
+        self.lines = lines  # server.access_log
 
 
-def observe(observer: Observer, *, route: str) -> Step:
-    """The step for the endpoint whose pattern is ``route`` (``/api/post/[pid]``). Always on: the access log needs
-    the Facts it creates even when metrics are off."""
+def observe(observer: Observer, *, route: str) -> Step | None:
+    """The step for the endpoint whose pattern is ``route`` (``/api/post/[pid]``); None when there is neither an
+    access log nor metrics (nothing would read the Facts it creates)."""
     metrics = observer.metrics
-    running = observer.running
+    if metrics is None and not observer.lines:
+        return None
 
     async def step(request: web.Request, call_next: Handler) -> web.StreamResponse:
         started = perf_counter()
         facts = request[FACTS] = Facts(route=route, started=started, inside=True)
-        task = asyncio.current_task()
-        if task is not None:
-            running.add(task)
         if metrics is not None:
             metrics.in_flight_now += 1
         try:
@@ -57,7 +49,6 @@ def observe(observer: Observer, *, route: str) -> Step:
             raise
         finally:
             facts.inside = False
-            running.discard(task)  # type: ignore[arg-type]
             if metrics is not None:
                 metrics.in_flight_now -= 1
                 if facts.streamed:

@@ -54,12 +54,13 @@ def build_endpoint(endpoint: Endpoint, res: Resources) -> Handler:
         browser_credential(enabled=endpoint.websocket),  # a browser's WebSocket brings its key in a subprotocol
         # who may spend the key at all: a client key and/or a signed-in user (whose claims it sets: request[CLAIMS])
         None if endpoint.public else authenticate(clients.api_keys, res.jwt, demand=endpoint.auth),
-        identify(res.config.server.trusted_proxies),  # who is calling: a verified JWT's sub, key hash, or the IP
+        identify(res.config.server.trusted_proxies,  # who is calling: a verified JWT's sub, key hash, or the IP;
+                 enabled=_names_clients(endpoint, res)),  # only when something below or the access log reads it
         rate_limit(route_policies(clients.rate_limit, endpoint.rate_limit, endpoint.pattern),  # the cheapest
                    res.state),  # refusal once the client is known (a 401 or a preflight is never counted)
         cache(endpoint.cache, res.state, pattern=endpoint.pattern, vary=_vary(endpoint, res),  # below the limit
               timeout=_timeout(endpoint, res),  # (a hit still counts), above the call: it holds the masked answer;
-              per_client=bool(clients.jwt and clients.jwt.forward_claims)),  # who calls reaches the upstream: per user
+              per_client=_per_user(res)),  # who calls reaches the upstream: one entry per user
     ])
 
 
@@ -104,6 +105,20 @@ def _may_receive(endpoint: Endpoint, res: Resources) -> frozenset[str] | None:
         return None  # a file route reads whatever it likes
     auth = {"authorization", "x-api-key"} if res.config.clients.api_keys else set()
     return endpoint.receives | {"x-request-id"} | auth
+
+
+def _names_clients(endpoint: Endpoint, res: Resources) -> bool:
+    """Whether anything reads who is calling: a rate limit, a per-user cache, a token budget, the access log."""
+    config = res.config
+    return bool(config.server.access_log or config.clients.rate_limit or endpoint.rate_limit
+                or (endpoint.cache is not None and _per_user(res))
+                or any(forward.guard and forward.guard.budget for forward in config.forwards))
+
+
+def _per_user(res: Resources) -> bool:
+    """A cached answer is per user when the user's claims reach the upstream."""
+    jwt = res.config.clients.jwt
+    return bool(jwt and jwt.forward_claims)
 
 
 def _vary(endpoint: Endpoint, res: Resources) -> tuple[str, ...]:

@@ -36,10 +36,11 @@ def send(upstream: Upstream) -> Call:
             body: bytes | AsyncIterator[bytes] = b""
         elif not coding and response.content_length is not None and response.content_length <= BUFFER_LIMIT:
             try:
-                with errors:
-                    body = await response.read()
-            except BaseException:
+                body = await response.read()
+            except BaseException as exc:
                 response.close()
+                if isinstance(exc, Exception):
+                    errors.translate(exc)
                 raise
         else:
             body = _chunks(response, errors)

@@ -53,10 +53,13 @@ class Upstream:
         attempts = 1 + (self.retries if replayable else 0)
         for attempt in range(attempts):
             last = attempt == attempts - 1
-            started = time.perf_counter()
+            started = time.perf_counter() if facts is not None else 0.0
             try:
-                with self.errors:
+                try:
                     response = await self.pool.request(method, url, headers, data, self.timeout)
+                except Exception as exc:
+                    self.errors.translate(exc)
+                    raise
                 if facts is not None:
                     facts.upstream_status, facts.upstream_ms = response.status, (time.perf_counter() - started) * 1000
             except UpstreamUnavailable:

@@ -93,6 +93,7 @@ class Pool:
         self._waiters: deque[asyncio.Future[Connection | None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self._retired = False  # replaced by a reload: still serves the calls of requests routed before it
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: Any,
                       timeout: float) -> Response:
@@ -262,7 +263,8 @@ class Pool:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def release(self, conn: Connection) -> None:
-        """A connection whose answer was read to the end: to the first waiter, else idle until it expires."""
+        """A connection whose answer was read to the end: to the first waiter, else idle until it expires (a retired
+        pool keeps none idle)."""
         if not conn.reusable or conn.closed or self._closed:
             conn.close()
             return
@@ -271,6 +273,9 @@ class Pool:
             if not waiter.done():
                 waiter.set_result(conn)
                 return
+        if self._retired:
+            conn.close()
+            return
         conn.expires = expires = conn.loop.time() + conn.keep_for
         self._idle.append(conn)
         if self._sweeper is None or expires < self._sweeper.when():
@@ -300,6 +305,23 @@ class Pool:
         if conn in self._open:
             self._open.discard(conn)
             self._free_slot()
+
+    def retire(self) -> None:
+        """A reload replaced this pool. Requests already routed may still call through it (nothing waits for them,
+        nothing cuts them short), but it keeps no connection idle: each closes once its answer is read, and the
+        pool is then empty (``busy`` is 0)."""
+        self._retired = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    @property
+    def busy(self) -> int:
+        """Connections open or being opened (idle ones included; not those closed and not yet gone)."""
+        return sum(not conn.closed for conn in self._open) + self._connecting
 
     async def close(self) -> None:
         self._closed = True

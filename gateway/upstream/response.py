@@ -216,6 +216,18 @@ class Response:
         """
         if self._body is not None:
             return self._body
+        if self.complete and self.error is None and self._decoder is None and limit < 0:  # it came with the head
+            body = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            self._resume()
+            if len(body) > self._conn.pool.max_read:
+                self.close()
+                raise InvalidResponse(f"the upstream's body is larger than {self._conn.pool.max_read} bytes, too "
+                                      "large to read whole")
+            self._body = body
+            self.release()
+            return body
         parts = []
         size = 0
         if limit >= 0:
