@@ -14,7 +14,6 @@ from multidict import CIMultiDict
 from ..keys import ANSWER_HEADERS
 
 LIMIT_LISTS = ("RateLimit", "RateLimit-Policy")  # one member per limit: the edge's and a call's are both kept
-_LIMIT_KEYS = frozenset(name.lower() for name in LIMIT_LISTS)
 
 
 def answer_headers(request: web.Request) -> CIMultiDict[str]:
@@ -34,23 +33,16 @@ async def apply_answer_headers(request: web.Request, response: web.StreamRespons
     if not extra:
         return
     headers = response.headers
-    done: set[str] = set()
-    for name in extra:  # a name added twice (Vary from two steps) comes twice: its values are taken together
-        key = name.lower()
-        if key in done:
-            continue
-        done.add(key)
-        values = extra.getall(name)
-        if key == "vary":
-            own = headers.getall("Vary", ())
-            headers["Vary"] = merge_vary(own, values) if own or len(values) > 1 else values[0]
-        elif key in _LIMIT_KEYS and name in headers:  # a call's own limits (a token budget) stay beside the edge's
-            headers[name] = merge_members(values, headers.getall(name))
-        elif len(values) == 1:
-            headers[name] = values[0]  # replaces every value of the response's own
-        else:
-            headers.popall(name, None)
-            headers.extend([(name, value) for value in values])
+    plain = extra.copy()  # the request's own stay as they are: an error may still be prepared after this answer
+    vary = plain.popall("Vary", None)
+    # a call's own limits (a token budget) stay beside the edge's
+    limits = [(name, plain.popall(name)) for name in LIMIT_LISTS if name in headers and name in plain]
+    headers.update(plain)  # every value of a name replaces every value of the response's own (multidict's update)
+    if vary is not None:
+        own = headers.getall("Vary", ())
+        headers["Vary"] = merge_vary(own, vary) if own or len(vary) > 1 else vary[0]
+    for name, values in limits:
+        headers[name] = merge_members(values, headers.getall(name))
 
 
 def merge_members(first: Iterable[str], then: Iterable[str]) -> str:

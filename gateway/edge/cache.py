@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiohttp import web
@@ -58,13 +57,15 @@ def cache(ttl: float | None, state: State, *, pattern: str, vary: Sequence[str],
     flights: dict[str, asyncio.Future[Cached | None]] = {}  # key -> the one call in progress for it
 
     def key_of(request: web.Request) -> str:
-        parts = [
-            sorted(request.match_info.items()),
+        parts = (
+            tuple(sorted(request.match_info.items())),
             request.rel_url.raw_query_string,
-            [request.headers.getall(name, []) for name in names],
+            tuple([request.headers.getall(name, ()) for name in names]),
             request[IDENTITY] if per_client else None,
-        ]
-        digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+        )
+        # the repr of strings, tuples and lists is one-to-one (each string quoted and escaped): as unambiguous as
+        # JSON, at half json.dumps's cost on every cached request
+        digest = hashlib.sha256(repr(parts).encode("utf-8", "surrogatepass")).hexdigest()
         return f"cache:{pattern}:{digest}"
 
     async def cached(request: web.Request, call_next: Handler) -> web.StreamResponse:

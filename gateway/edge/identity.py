@@ -72,6 +72,8 @@ def sub_identity(sub: str) -> str:
 
 def client_ip(request: web.Request, trusted: Sequence[Network] = ()) -> str:
     """The client's address as text ("203.0.113.9", "2001:db8:1:2::/64"), or "unknown" without an IP peer."""
+    if not trusted:
+        return _peer_name(request.remote or "")
     address = parse_address(request.remote or "")
     if address is None:
         return "unknown"
@@ -87,6 +89,12 @@ def client_ip(request: web.Request, trusted: Sequence[Network] = ()) -> str:
         if not _is_trusted(address, trusted):
             break  # the rightmost untrusted hop: the client
     return _named(address)
+
+
+@functools.lru_cache(maxsize=4096)  # a peer's every request names it the same way: one lookup by its text
+def _peer_name(text: str) -> str:
+    address = parse_address(text)
+    return "unknown" if address is None else _named(address)
 
 
 @functools.lru_cache(maxsize=4096)  # a client's every request names it the same way: worked out once

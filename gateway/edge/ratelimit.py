@@ -17,6 +17,7 @@ import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from math import ceil
 
 from aiohttp import web
 from limits import RateLimitItem
@@ -59,6 +60,7 @@ def rate_limit(policies: Sequence[Policy], state: State) -> Step | None:
         raise ValueError(f"two rate-limit policies share a name: {names}")
     items = [(p, item, *_key_around(item, p)) for p in policies for item in (limit_item(p.rate),)]
     policy_field = ", ".join(f'"{p.name}";q={p.rate.count};w={int(p.rate.period)}' for p in policies)
+    remaining_of = [f'"{p.name}";r=' for p in policies]  # each member of the RateLimit field up to its numbers
 
     @functools.lru_cache(maxsize=4096)  # a client's every request counts under the same limits: built once
     def limits_of(identity: str) -> tuple[Limit, ...]:
@@ -70,8 +72,9 @@ def rate_limit(policies: Sequence[Policy], state: State) -> Step | None:
         verdict = await state.acquire(limits_of(identity), lock=identity)
         headers = answer_headers(request)
         headers["RateLimit-Policy"] = policy_field
-        headers["RateLimit"] = ", ".join([
-            f'"{p.name}";r={w.remaining};t={_seconds(w)}' for p, w in zip(policies, verdict.windows, strict=True)
+        headers["RateLimit"] = ", ".join([  # t: _seconds(w), inlined (once per limit per request)
+            f"{start}{w.remaining};t={max(1, ceil(w.reset_in))}"
+            for start, w in zip(remaining_of, verdict.windows, strict=True)
         ])
         if not verdict.admitted:
             retry = max(_seconds(verdict.windows[i]) for i in verdict.refused)

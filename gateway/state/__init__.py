@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from limits import RateLimitItem, parse
@@ -41,19 +41,21 @@ class Limit:
     item: RateLimitItem
     scope: tuple[str, ...]
     key: str = ""  # limits' key for (item, scope), ``item.key_for(*scope)``: given by a caller that built it cheaper
+    amount: int = field(init=False, default=0)  # item.amount, read on every check
 
     def __post_init__(self) -> None:
         if not self.key:
             object.__setattr__(self, "key", self.item.key_for(*self.scope))
+        object.__setattr__(self, "amount", self.item.amount)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every limit of every request, and a frozen init costs twice as much
 class Window:
     remaining: int  # requests left in this window
     reset_in: float  # seconds until the window ends and its count starts over
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Verdict:
     """What ``acquire`` decided: admitted (every limit counted the request) or not (none did)."""
 

@@ -56,7 +56,7 @@ class MemoryState(State):
                     counter = None
                 else:
                     counts.move_to_end(limit.key)
-                    if counter[0] >= limit.item.amount:
+                    if counter[0] >= limit.amount:
                         refused.append(i)
             found.append(counter)
         if not refused:
@@ -66,7 +66,7 @@ class MemoryState(State):
                     counter = found[i] = counters.start(limit.key, limit.item.get_expiry(), now)
                 counter[0] += 1
         windows = tuple([
-            Window(limit.item.amount, 0.0) if c is None else Window(max(0, limit.item.amount - int(c[0])), c[1] - now)
+            Window(limit.amount, 0.0) if c is None else Window(max(0, limit.amount - int(c[0])), c[1] - now)
             for c, limit in zip(found, limits, strict=True)
         ])
         return Verdict(not refused, windows, tuple(refused))
