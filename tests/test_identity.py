@@ -175,6 +175,27 @@ async def test_the_identify_step_records_the_client_for_later_steps() -> None:
     assert without_facts[IDENTITY] == "ip:203.0.113.9"
 
 
+@pytest.mark.parametrize(("peer", "expected"), [
+    ("203.0.113.9", "ip:203.0.113.9"),
+    ("2001:db8:1:2:3:4:5:6", "ip:2001:db8:1:2::/64"),
+    ("::ffff:198.51.100.7", "ip:198.51.100.7"),
+    (None, "ip:unknown"),
+])
+async def test_with_no_key_token_or_proxy_the_step_names_the_peer_as_the_general_one_does(peer, expected) -> None:
+    """verified=False (no clients.api_keys, no clients.jwt) and no trusted proxy: one cached lookup of the peer,
+    the same names as client_identity; a forged X-Forwarded-For is ignored all the same."""
+    async def call_next(req: web.Request) -> web.StreamResponse:
+        return web.Response(text=req[IDENTITY])
+
+    req = request(peer, "192.0.2.66")
+    req[FACTS] = Facts(route="/api/x")
+    response = await identify((), verified=False)(req, call_next)
+    assert response.text == expected == client_identity(request(peer, "192.0.2.66"))
+    assert req[FACTS].client == expected
+    assert identify(PROXIES, verified=False).__name__ == "identified"  # proxies to believe: the general step
+    assert identify((), verified=False, enabled=False) is None
+
+
 # -- server.trusted_proxies in config.yaml ----------------------------------------------------------------------
 
 @pytest.fixture

@@ -26,13 +26,25 @@ MAX_HOPS = 16  # X-Forwarded-For entries examined from the right; no real proxy 
 _MAX_ENTRY = 64  # longer than any address with a port: garbage, not parsed
 
 
-def identify(trusted_proxies: Sequence[Network] = (), *, enabled: bool = True) -> Step | None:
+def identify(trusted_proxies: Sequence[Network] = (), *, enabled: bool = True, verified: bool = True) -> Step | None:
     """The step that names the client for what reads the name after it (rate limits, a per-user cache, token
     budgets, the access log); None when nothing does. It runs after authentication, which records a verified key.
+
+    ``verified``: a client key or a signed-in user may name the caller (``clients.api_keys`` or ``clients.jwt``);
+    without either, and with no trusted proxy, the peer's address is all there is, named by one cached lookup.
     """
     if not enabled:
         return None
     trusted = tuple(trusted_proxies)
+    if not verified and not trusted:
+        async def by_peer(request: web.Request, call_next: Handler) -> web.StreamResponse:
+            who = request[IDENTITY] = _peer_identity(request.remote or "")
+            facts = request.get(FACTS)
+            if facts is not None:
+                facts.client = who
+            return await call_next(request)
+
+        return by_peer
 
     async def identified(request: web.Request, call_next: Handler) -> web.StreamResponse:
         who = client_identity(request, trusted)
@@ -95,6 +107,11 @@ def client_ip(request: web.Request, trusted: Sequence[Network] = ()) -> str:
 def _peer_name(text: str) -> str:
     address = parse_address(text)
     return "unknown" if address is None else _named(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer_identity(text: str) -> str:
+    return "ip:" + _peer_name(text)
 
 
 @functools.lru_cache(maxsize=4096)  # a client's every request names it the same way: worked out once
