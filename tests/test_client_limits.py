@@ -125,15 +125,28 @@ def held(release: asyncio.Event):
     return handle
 
 
+async def one_held_call(raw_server, pools, release: asyncio.Event):
+    """A pool of one connection whose first call the upstream holds until ``release`` is set."""
+    server = await raw_server(held(release))
+    pool = pools(server.port, max_connections=1)
+    first = asyncio.create_task(fetch(pool, timeout=WAIT))
+    await server.until(lambda: len(server.heads) == 1)
+    return server, pool, first
+
+
+async def until_waiting(pool, count: int) -> None:
+    async with asyncio.timeout(WAIT):
+        while len(pool._waiters) < count:
+            await asyncio.sleep(0)
+
+
 async def test_calls_over_the_cap_wait_for_a_free_connection(raw_server, pools):
     release = asyncio.Event()
     server = await raw_server(held(release))
     pool = pools(server.port, max_connections=2)
     calls = [asyncio.create_task(fetch(pool, timeout=WAIT)) for _ in range(6)]
     await server.until(lambda: len(server.heads) == 2)
-    async with asyncio.timeout(WAIT):
-        while len(pool._waiters) < 4:
-            await asyncio.sleep(0)
+    await until_waiting(pool, 4)
     assert server.accepted == 2
     release.set()
     assert await asyncio.gather(*calls) == [b"ok"] * 6
@@ -143,10 +156,7 @@ async def test_calls_over_the_cap_wait_for_a_free_connection(raw_server, pools):
 
 async def test_a_wait_longer_than_the_timeout_is_pool_full_and_nothing_is_sent(raw_server, pools):
     release = asyncio.Event()
-    server = await raw_server(held(release))
-    pool = pools(server.port, max_connections=1)
-    first = asyncio.create_task(fetch(pool, timeout=WAIT))
-    await server.until(lambda: len(server.heads) == 1)
+    server, pool, first = await one_held_call(raw_server, pools, release)
     start = time.monotonic()
     with pytest.raises(PoolFull) as caught:
         await get(pool, "/second", timeout=0.3)
@@ -161,15 +171,10 @@ async def test_a_wait_longer_than_the_timeout_is_pool_full_and_nothing_is_sent(r
 
 async def test_a_cancelled_waiter_gives_up_its_turn(raw_server, pools):
     release = asyncio.Event()
-    server = await raw_server(held(release))
-    pool = pools(server.port, max_connections=1)
-    first = asyncio.create_task(fetch(pool, timeout=WAIT))
-    await server.until(lambda: len(server.heads) == 1)
+    server, pool, first = await one_held_call(raw_server, pools, release)
     gone = asyncio.create_task(fetch(pool, "/gone", timeout=WAIT))
     after = asyncio.create_task(fetch(pool, "/after", timeout=WAIT))
-    async with asyncio.timeout(WAIT):
-        while len(pool._waiters) < 2:
-            await asyncio.sleep(0)
+    await until_waiting(pool, 2)
     gone.cancel()
     release.set()
     assert await first == b"ok"
@@ -364,14 +369,9 @@ async def test_a_retired_pool_closes_its_idle_connections_and_keeps_none(raw_ser
 
 async def test_a_retired_pool_still_hands_a_connection_to_a_call_waiting_for_one(raw_server, pools):
     release = asyncio.Event()
-    server = await raw_server(held(release))
-    pool = pools(server.port, max_connections=1)
-    first = asyncio.create_task(fetch(pool, timeout=WAIT))
-    await server.until(lambda: len(server.heads) == 1)
+    server, pool, first = await one_held_call(raw_server, pools, release)
     second = asyncio.create_task(fetch(pool, "/second", timeout=WAIT))
-    async with asyncio.timeout(WAIT):
-        while not pool._waiters:
-            await asyncio.sleep(0)
+    await until_waiting(pool, 1)
     pool.retire()
     release.set()
     assert await asyncio.gather(first, second) == [b"ok", b"ok"]
