@@ -364,3 +364,22 @@ def test_access_log_false_writes_no_line_per_request_and_still_counts(tmp_path: 
         assert server.terminate() == 0
     assert "/api/user" not in server.stdout  # no access line ...
     assert "gateway listening" in server.stderr  # ... while the other lines are still written
+
+
+def test_with_no_access_log_and_no_metrics_nothing_observes_and_answers_are_whole(tmp_path: Path) -> None:
+    """Both off: no observe step, no access logger (nothing to write or count); answers keep their request ids, a
+    route module still answers, /metrics is not served, and a reload still swaps in the new routes."""
+    server = start(tmp_path)
+    (tmp_path / "config.yaml").write_text((tmp_path / "config.yaml").read_text().replace(
+        "server:\n", "server:\n  access_log: false\n  metrics: false\n", 1))
+    with server:
+        server.wait_ready()
+        answers = [get(server.port, "/api/user") for _ in range(3)]
+        assert [a.status for a in answers] == [200, 200, 200]
+        assert len({a.headers["X-Request-Id"] for a in answers}) == 3
+        assert get(server.port, "/metrics").status == 404
+        (tmp_path / "routes" / "user.py").write_text(USER.replace("John Doe", "Jane Roe"))
+        os.kill(server.proc.pid, signal.SIGHUP)
+        wait_until(lambda: b"Jane Roe" in get(server.port, "/api/user").body, 20, "the reloaded route")
+        assert server.terminate() == 0
+    assert "/api/user" not in server.stdout
