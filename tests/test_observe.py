@@ -33,7 +33,7 @@ from gateway.app import build_table, create_app
 from gateway.config import load_config
 from gateway.mask.scrub import Scrubber
 from gateway.observe.access import write_pending
-from gateway.observe.logs import ACCESS, DevLines, JsonLines
+from gateway.observe.logs import ACCESS, DevLines, JsonLines, _encode
 from gateway.yamlsource import ConfigError
 
 WAIT = 5.0  # seconds: reached only when the behaviour under test is broken
@@ -350,6 +350,19 @@ def _access_line(**fields: Any) -> dict[str, Any]:
             "request_id": "r1", "method": "GET", "route": "/api/user", "status": 200, "duration_ms": 1.5,
             "bytes": 12, "upstream": None}
     return {**line, **fields}
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"route": "/api/caf\u00e9/[id]", "client": "sub:j\u00fcrgen"},  # non-ASCII: escaped, as in every other line
+    {"route": "/api/\udcff"},  # a lone surrogate (a route file's undecodable name): orjson refuses it
+    {"bytes": 2**70},  # past 64 bits: orjson refuses it
+])
+def test_an_access_line_is_ascii_json_whatever_its_values(fields):
+    line = {**_access_line(**fields), "time": "2025-12-02T18:26:40.500Z", "pid": 7}
+    text = _encode(line)
+    assert text.isascii() and "\n" not in text
+    assert json.loads(text) == line
 
 
 def test_a_batch_of_access_lines_is_one_valid_json_line_each_and_scrubbed():

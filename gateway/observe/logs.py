@@ -1,7 +1,7 @@
 """Log set-up: JSON lines (python-json-logger), access log on stdout, the rest on stderr; readable lines for dev.
 
-    {"time": "2025-01-02T03:04:05.678Z", "level": "INFO", "logger": "gateway.access", "pid": 7, "message": "GET ...",
-     "request_id": "9f2c...", "method": "GET", "route": "/api/user", "status": 200, "duration_ms": 1.4, ...}
+    {"time":"2025-01-02T03:04:05.678Z","level":"INFO","logger":"gateway.access","pid":7,"message":"GET ...",
+     "request_id":"9f2c...","method":"GET","route":"/api/user","status":200,"duration_ms":1.4,...}
 
 Every string in a record passes through ``scrub`` just before it is written, whatever logged it: a handler's
 exception text or a library's message can quote a secret, and this is the one place all of them go through.
@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
+import orjson
 from pythonjsonlogger.json import JsonFormatter
 
 ACCESS = "gateway.access"
@@ -32,6 +33,15 @@ _encode_c = c_make_encoder(None, str, encode_basestring_ascii, None, ": ", ", ",
 
 
 def _encode(line: dict[str, Any]) -> str:
+    """One access line as ASCII JSON. orjson writes it in about a tenth of the stdlib encoder's time (the largest
+    cost of an access line); the stdlib's encoder takes what orjson refuses (a lone surrogate from a route file's
+    name, an integer past 64 bits) and a line with non-ASCII text, which it escapes, as every other line is."""
+    try:
+        text = orjson.dumps(line, default=str).decode()
+    except orjson.JSONEncodeError:
+        text = ""
+    if text and text.isascii():
+        return text
     return "".join(_encode_c(line, 0)) if _encode_c is not None else _encoder.encode(line)
 
 
