@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 
 from ..config import CorsConfig
 from ..errors import Forbidden
-from ..origins import OriginPolicy
+from ..origins import MAX_CACHED, OriginPolicy
 from .answer import answer_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -43,7 +43,7 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
     """
     if config is None:
         return None
-    policy = OriginPolicy(config.origins)
+    policy = _policy(config.origins)  # one per origins list: every route shares its table of known origins
     methods = tuple(dict.fromkeys(methods))
     allowed_methods = frozenset(methods)
     allow_methods = ", ".join(methods)
@@ -57,7 +57,7 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
         if credentials:
             headers["Access-Control-Allow-Credentials"] = "true"
 
-    allows = functools.lru_cache(maxsize=1024)(policy.allows)  # a page's every request brings the same Origin
+    known, allows = policy.known, policy.allows
 
     async def step(request: web.Request, call_next: Handler) -> web.StreamResponse:
         headers = answer_headers(request)
@@ -67,7 +67,8 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
         if method != "OPTIONS" or origin is None or "Access-Control-Request-Method" not in asked:
             headers.add("Vary", _PREFLIGHT_VARY if method == "OPTIONS" else _VARY)
             # allow() and _single_origin() inlined: this branch runs on every request from a page
-            if origin is not None and allows(origin) and len(asked.getall("Origin")) == 1:
+            if origin is not None and (known(origin) if len(origin) <= MAX_CACHED else allows(origin)) \
+                    and len(asked.getall("Origin")) == 1:
                 headers["Access-Control-Allow-Origin"] = origin
                 if credentials:
                     headers["Access-Control-Allow-Credentials"] = "true"
@@ -88,6 +89,9 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
         return reply
 
     return step
+
+
+_policy = functools.lru_cache(maxsize=16)(OriginPolicy)  # clients.cors.origins -> its policy, shared by every route
 
 
 def _single_origin(request: web.Request) -> bool:
