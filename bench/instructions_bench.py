@@ -2,7 +2,8 @@
 run, where req/s and CPU time on this shared 2-core VM move by 20-30 % between runs.
 
 A gateway process runs under callgrind with counting off; after a warm-up of 300 requests counting is switched on
-(callgrind_control) for a fixed number of requests, then off. Only the gateway's user-space instructions are counted:
+(callgrind_control) for a fixed number of GETs of /api/bench, each with features_bench.py's allowed ``Origin``
+header (which only the ``protected`` variant acts on), then off. Only the gateway's user-space instructions are counted:
 the kernel's share of a request (socket reads and writes, about the same in every variant) is not, so a ratio of
 instructions overstates a ratio of CPU time. Use it to compare trees and configs, the benches for req/s.
 

@@ -124,7 +124,7 @@ def create_app(config: Config, table: RouteTable, *, debug: bool = False) -> web
     web_response.SERVER_SOFTWARE = SERVER_HEADER
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(apply_answer_headers)  # what the edge steps put in ANSWER_HEADERS, on every answer
-    if metrics is not None or observer.lines:  # an answer prepared before its handler ends is a stream, counted
+    if observer.records:  # an answer prepared before its handler ends is a stream, counted
         app.on_response_prepare.append(stream_opened(observer))
     app.on_shutdown.append(_start_draining)
     app.cleanup_ctx.append(_close_pools)

@@ -7,13 +7,11 @@
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from collections.abc import Iterable
 
 ANY = "*"
-MAX_CACHED = 300  # longer than any origin a browser sends (scheme, a 253-character host name, a port)
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "[::1]"})  # the only hosts plain http is accepted for
 DEFAULT_PORTS = {"http": "80", "https": "443"}
 # Suffixes under which every label belongs to someone else, so "*.<suffix>" would admit strangers' sites. A small
@@ -143,9 +141,6 @@ class OriginPolicy:
         self.any = ANY in origins
         self._exact = frozenset(o for o in origins if "*" not in o)
         self._wildcards = frozenset(o.replace("://*.", "://", 1) for o in origins if "*" in o and o != ANY)
-        # ``allows`` remembered: a page sends the same Origin with every request. Give it only origins of at most
-        # MAX_CACHED characters: the table then holds ~300 KB however many Origin headers clients make up
-        self.known = functools.lru_cache(maxsize=1024)(self.allows)
 
     def allows(self, origin: str) -> bool:
         """``https://a.example.com`` against ``https://*.example.com``: True; ``https://a.b.example.com``: False."""

@@ -59,7 +59,7 @@ async def _serve(project: Project, config: Config, table: RouteTable, host: str,
         handler_cancellation=True,  # a client that leaves cancels its upstream call
         access_log_class=AccessLog,
         # nothing to write or count per request: aiohttp then makes no call at all once an answer is sent
-        access_log=logging.getLogger(ACCESS) if config.server.access_log or config.server.metrics else None,
+        access_log=logging.getLogger(ACCESS) if app[OBSERVER].records else None,
     )
     try:
         await runner.setup()  # runs the app's start-up: clients.jwt fetches the identity provider's keys here

@@ -365,6 +365,16 @@ def test_an_access_line_is_ascii_json_whatever_its_values(fields):
     assert json.loads(text) == line
 
 
+@pytest.mark.parametrize("client", [f"sub:{SECRET}", f"sub:j\u00fcrgen-{SECRET}", f"sub:\udcff{SECRET}"])
+def test_a_secret_in_an_access_line_is_redacted_whichever_encoder_wrote_it(client):
+    """orjson writes an ASCII line; the stdlib encoder one with non-ASCII text or a lone surrogate: either way the
+    batch's scan finds the secret, and the line is written again value by value, redacted."""
+    json_lines = JsonLines()
+    json_lines.scrub = Scrubber(SECRETS).scrub_text
+    text = json_lines.format(_batch(_access_line(client=client)))
+    assert not leaks(text) and "[REDACTED]" in json.loads(text)["client"]
+
+
 def test_a_batch_of_access_lines_is_one_valid_json_line_each_and_scrubbed():
     json_lines, dev_lines = JsonLines(), DevLines()
     for formatter in (json_lines, dev_lines):

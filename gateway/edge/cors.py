@@ -12,7 +12,6 @@ below (a 401, a 429, a 502) and a stream the endpoint prepares itself. Whatever 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
@@ -20,7 +19,7 @@ from multidict import CIMultiDict
 
 from ..config import CorsConfig
 from ..errors import Forbidden
-from ..origins import MAX_CACHED, OriginPolicy
+from ..origins import OriginPolicy
 from .answer import answer_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -43,7 +42,7 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
     """
     if config is None:
         return None
-    policy = _policy(config.origins)  # one per origins list: every route shares its table of known origins
+    policy = OriginPolicy(config.origins)
     methods = tuple(dict.fromkeys(methods))
     allowed_methods = frozenset(methods)
     allow_methods = ", ".join(methods)
@@ -57,21 +56,13 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
         if credentials:
             headers["Access-Control-Allow-Credentials"] = "true"
 
-    known, allows = policy.known, policy.allows
-
     async def step(request: web.Request, call_next: Handler) -> web.StreamResponse:
         headers = answer_headers(request)
-        asked = request.headers
-        origin = asked.get("Origin")
-        method = request.method
-        if method != "OPTIONS" or origin is None or "Access-Control-Request-Method" not in asked:
-            headers.add("Vary", _PREFLIGHT_VARY if method == "OPTIONS" else _VARY)
-            # allow() and _single_origin() inlined: this branch runs on every request from a page
-            if origin is not None and (known(origin) if len(origin) <= MAX_CACHED else allows(origin)) \
-                    and len(asked.getall("Origin")) == 1:
-                headers["Access-Control-Allow-Origin"] = origin
-                if credentials:
-                    headers["Access-Control-Allow-Credentials"] = "true"
+        origin = request.headers.get("Origin")
+        if request.method != "OPTIONS" or origin is None or "Access-Control-Request-Method" not in request.headers:
+            headers.add("Vary", _PREFLIGHT_VARY if request.method == "OPTIONS" else _VARY)
+            if origin is not None and policy.allows(origin) and _single_origin(request):
+                allow(headers, origin)
                 headers["Access-Control-Expose-Headers"] = expose
             return await call_next(request)  # an OPTIONS that is no preflight is the route's to answer
         headers.add("Vary", _PREFLIGHT_VARY)
@@ -89,9 +80,6 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
         return reply
 
     return step
-
-
-_policy = functools.lru_cache(maxsize=16)(OriginPolicy)  # clients.cors.origins -> its policy, shared by every route
 
 
 def _single_origin(request: web.Request) -> bool:

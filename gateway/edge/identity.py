@@ -36,19 +36,10 @@ def identify(trusted_proxies: Sequence[Network] = (), *, enabled: bool = True, v
     if not enabled:
         return None
     trusted = tuple(trusted_proxies)
-    if not verified and not trusted:
-        async def by_peer(request: web.Request, call_next: Handler) -> web.StreamResponse:
-            who = request[IDENTITY] = _peer_identity(request.remote or "")
-            facts = request.get(FACTS)
-            if facts is not None:
-                facts.client = who
-            return await call_next(request)
-
-        return by_peer
+    name = peer_identity if not verified and not trusted else functools.partial(client_identity, trusted=trusted)
 
     async def identified(request: web.Request, call_next: Handler) -> web.StreamResponse:
-        who = client_identity(request, trusted)
-        request[IDENTITY] = who
+        who = request[IDENTITY] = name(request)
         facts = request.get(FACTS)
         if facts is not None:
             facts.client = who
@@ -68,6 +59,11 @@ def client_identity(request: web.Request, trusted: Sequence[Network] = ()) -> st
     if known is not None:  # a verified client key; an unverified one names nobody (a new one per request is free)
         return known
     return "ip:" + client_ip(request, trusted)
+
+
+def peer_identity(request: web.Request) -> str:
+    """``client_identity`` when nothing but the peer can name the caller (no key, no token, no trusted proxy)."""
+    return "ip:" + _peer_name(request.remote or "")
 
 
 def key_identity(key: str) -> str:
@@ -107,11 +103,6 @@ def client_ip(request: web.Request, trusted: Sequence[Network] = ()) -> str:
 def _peer_name(text: str) -> str:
     address = parse_address(text)
     return "unknown" if address is None else _named(address)
-
-
-@functools.lru_cache(maxsize=4096)
-def _peer_identity(text: str) -> str:
-    return "ip:" + _peer_name(text)
 
 
 @functools.lru_cache(maxsize=4096)  # a client's every request names it the same way: worked out once

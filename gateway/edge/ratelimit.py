@@ -17,7 +17,6 @@ import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from math import ceil
 
 from aiohttp import web
 from limits import RateLimitItem
@@ -72,9 +71,8 @@ def rate_limit(policies: Sequence[Policy], state: State) -> Step | None:
         verdict = await state.acquire(limits_of(identity), lock=identity)
         headers = answer_headers(request)
         headers["RateLimit-Policy"] = policy_field
-        headers["RateLimit"] = ", ".join([  # t: _seconds(w), inlined (once per limit per request)
-            f"{start}{w.remaining};t={max(1, ceil(w.reset_in))}"
-            for start, w in zip(remaining_of, verdict.windows, strict=True)
+        headers["RateLimit"] = ", ".join([
+            f"{start}{w.remaining};t={_seconds(w)}" for start, w in zip(remaining_of, verdict.windows, strict=True)
         ])
         if not verdict.admitted:
             retry = max(_seconds(verdict.windows[i]) for i in verdict.refused)

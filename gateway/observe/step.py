@@ -26,14 +26,15 @@ class Observer:
     def __init__(self, metrics: Metrics | None, *, lines: bool = True) -> None:
         self.metrics = metrics
         self.lines = lines  # server.access_log
+        self.records = metrics is not None or lines  # anything per request at all: else nothing observes
 
 
 def observe(observer: Observer, *, route: str) -> Step | None:
     """The step for the endpoint whose pattern is ``route`` (``/api/post/[pid]``); None when there is neither an
     access log nor metrics (nothing would read the Facts it creates)."""
-    metrics = observer.metrics
-    if metrics is None and not observer.lines:
+    if not observer.records:
         return None
+    metrics = observer.metrics
 
     async def step(request: web.Request, call_next: Handler) -> web.StreamResponse:
         started = perf_counter()

@@ -57,11 +57,11 @@ class RedisState(State):
     async def acquire(self, limits: Sequence[Limit], *, lock: str) -> Verdict:
         """Every limit counts the request, or none does, in one script: exact across processes with no lock."""
         keys = [_counter(limit) for limit in limits]
-        args = [n for limit in limits for n in (limit.item.amount, limit.item.get_expiry() * 1000)]
+        args = [n for limit in limits for n in (limit.amount, limit.item.get_expiry() * 1000)]
 
         async def shared() -> Verdict:
             reply = await self.link.script(ACQUIRE, keys, args)
-            windows = tuple(Window(max(0, limit.item.amount - int(reply[1 + 2 * i])), int(reply[2 + 2 * i]) / 1000)
+            windows = tuple(Window(max(0, limit.amount - int(reply[1 + 2 * i])), int(reply[2 + 2 * i]) / 1000)
                             for i, limit in enumerate(limits))
             refused = () if reply[0] else tuple(i for i, w in enumerate(windows) if w.remaining == 0)
             return Verdict(bool(reply[0]), windows, refused)
@@ -71,7 +71,7 @@ class RedisState(State):
     async def hit(self, limit: Limit) -> bool:
         async def shared() -> bool:
             count, _ = await self.link.script(HIT, [_counter(limit)], [limit.item.get_expiry() * 1000])
-            return int(count) <= limit.item.amount
+            return int(count) <= limit.amount
 
         return await self.health.run(shared, lambda: self.local.hit(limit))
 
@@ -81,7 +81,7 @@ class RedisState(State):
     async def window(self, limit: Limit) -> Window:
         async def shared() -> Window:
             count, ttl = await self.link.script(WINDOW, [_counter(limit)])
-            return Window(max(0, limit.item.amount - int(count)), int(ttl) / 1000)
+            return Window(max(0, limit.amount - int(count)), int(ttl) / 1000)
 
         return await self.health.run(shared, lambda: self.local.window(limit))
 

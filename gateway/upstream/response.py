@@ -216,18 +216,6 @@ class Response:
         """
         if self._body is not None:
             return self._body
-        if self.complete and self.error is None and self._decoder is None and limit < 0:  # it came with the head
-            body = b"".join(self._chunks)
-            self._chunks.clear()
-            self._buffered = 0
-            self._resume()
-            if len(body) > self._conn.pool.max_read:
-                self.close()
-                raise InvalidResponse(f"the upstream's body is larger than {self._conn.pool.max_read} bytes, too "
-                                      "large to read whole")
-            self._body = body
-            self.release()
-            return body
         parts = []
         size = 0
         if limit >= 0:
@@ -238,14 +226,27 @@ class Response:
                     break
             return b"".join(parts)[:limit]
         cap = self._conn.pool.max_read
+        if self.complete and self.error is None and self._decoder is None:  # all of it came with the head: taken
+            body = b"".join(self._chunks)  # at once, without the iterator (most small answers)
+            self._chunks.clear()
+            self._buffered = 0
+            self._resume()
+            if len(body) > cap:
+                raise self._too_large(cap)
+            self.release()
+            self._body = body
+            return body
         async for chunk in self.iter_any():
             parts.append(chunk)
             size += len(chunk)
             if size > cap:
-                self.close()
-                raise InvalidResponse(f"the upstream's body is larger than {cap} bytes, too large to read whole")
+                raise self._too_large(cap)
         self._body = b"".join(parts)
         return self._body
+
+    def _too_large(self, cap: int) -> InvalidResponse:
+        self.close()
+        return InvalidResponse(f"the upstream's body is larger than {cap} bytes, too large to read whole")
 
     def release(self) -> None:
         if not self.released:
