@@ -33,16 +33,16 @@ async def apply_answer_headers(request: web.Request, response: web.StreamRespons
     if not extra:
         return
     headers = response.headers
-    plain = extra.copy()  # the request's own stay as they are: an error may still be prepared after this answer
-    vary = plain.popall("Vary", None)
-    # a call's own limits (a token budget) stay beside the edge's
-    limits = [(name, plain.popall(name)) for name in LIMIT_LISTS if name in headers and name in plain]
-    headers.update(plain)  # every value of a name replaces every value of the response's own (multidict's update)
-    if vary is not None:
-        own = headers.getall("Vary", ())
-        headers["Vary"] = merge_vary(own, vary) if own or len(vary) > 1 else vary[0]
-    for name, values in limits:
-        headers[name] = merge_members(values, headers.getall(name))
+    vary = extra.getall("Vary", ())
+    own_vary = headers.getall("Vary", ()) if vary else ()
+    # a call's own limits (a token budget) stay beside the edge's: its values, read before they are replaced
+    limits = [(name, headers.getall(name)) for name in LIMIT_LISTS if name in headers and name in extra] \
+        if "RateLimit" in headers or "RateLimit-Policy" in headers else ()
+    headers.update(extra)  # every value of a name replaces every value of the response's own (multidict's update)
+    if own_vary or len(vary) > 1:
+        headers["Vary"] = merge_vary(own_vary, vary)
+    for name, own in limits:
+        headers[name] = merge_members(extra.getall(name), own)
 
 
 def merge_members(first: Iterable[str], then: Iterable[str]) -> str:

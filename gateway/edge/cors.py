@@ -29,7 +29,8 @@ Step = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 EXPOSED = ("RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-Id", "X-Cache")
 MAX_REQUESTED_HEADERS = 64  # header names one preflight may ask for; a browser page needs a handful
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
-_VARY = "Origin"
+_VARY = "Vary"
+_ALLOW_ORIGIN = "Access-Control-Allow-Origin"
 _PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
 
@@ -49,29 +50,16 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
     exposed = {name.lower(): name for name in (*expose_headers, *EXPOSED)}  # later names win: the gateway's spelling
     expose = ", ".join(exposed.values())
     max_age = str(int(config.max_age))
-    credentials = config.credentials
+    credentials = (("Access-Control-Allow-Credentials", "true"),) if config.credentials else ()
+    readable = (*credentials, ("Access-Control-Expose-Headers", expose))  # with the origin, on an allowed answer
 
-    def allow(headers: CIMultiDict[str], origin: str) -> None:
-        headers["Access-Control-Allow-Origin"] = origin  # the origin itself, also under "*": never a literal *
-        if credentials:
-            headers["Access-Control-Allow-Credentials"] = "true"
-
-    async def step(request: web.Request, call_next: Handler) -> web.StreamResponse:
-        headers = answer_headers(request)
-        origin = request.headers.get("Origin")
-        if request.method != "OPTIONS" or origin is None or "Access-Control-Request-Method" not in request.headers:
-            headers.add("Vary", _PREFLIGHT_VARY if request.method == "OPTIONS" else _VARY)
-            if origin is not None and policy.allows(origin) and _single_origin(request):
-                allow(headers, origin)
-                headers["Access-Control-Expose-Headers"] = expose
-            return await call_next(request)  # an OPTIONS that is no preflight is the route's to answer
-        headers.add("Vary", _PREFLIGHT_VARY)
-        if not policy.allows(origin) or not _single_origin(request):
+    def preflight(request: web.Request, headers: CIMultiDict[str], origin: str, allowed: bool) -> web.Response:
+        if not allowed:
             raise Forbidden("this origin is not in clients.cors.origins: its preflight is refused")
         if request.headers["Access-Control-Request-Method"] not in allowed_methods:
             raise Forbidden(f"the preflight asks for a method this route does not answer (it answers {allow_methods})")
         requested = _requested_headers(request.headers.get("Access-Control-Request-Headers", ""), allow_headers)
-        allow(headers, origin)
+        headers.extend(((_ALLOW_ORIGIN, origin), *credentials))
         reply = web.Response(status=204)
         reply.headers["Access-Control-Allow-Methods"] = allow_methods
         if requested:
@@ -79,11 +67,24 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
         reply.headers["Access-Control-Max-Age"] = max_age
         return reply
 
+    async def step(request: web.Request, call_next: Handler) -> web.StreamResponse:
+        headers = answer_headers(request)
+        origins = request.headers.getall("Origin", ())
+        allowed = len(origins) == 1 and policy.allows(origins[0])  # two Origin headers: no browser sends that
+        if request.method != "OPTIONS":
+            if allowed:
+                headers.extend(((_VARY, "Origin"), (_ALLOW_ORIGIN, origins[0]), *readable))
+            else:
+                headers.add(_VARY, "Origin")
+            return await call_next(request)
+        headers.add(_VARY, _PREFLIGHT_VARY)
+        if origins and "Access-Control-Request-Method" in request.headers:
+            return preflight(request, headers, origins[0], allowed)
+        if allowed:
+            headers.extend(((_ALLOW_ORIGIN, origins[0]), *readable))
+        return await call_next(request)  # an OPTIONS that is no preflight is the route's to answer
+
     return step
-
-
-def _single_origin(request: web.Request) -> bool:
-    return len(request.headers.getall("Origin")) == 1  # two Origin headers: no browser sends that
 
 
 def _requested_headers(value: str, allow: frozenset[str] | None) -> str:

@@ -47,8 +47,8 @@ class MemoryState(State):
         counts = counters.counts
         now = self.now()
         found: list[list[float] | None] = []
-        refused: list[int] = []
-        for i, limit in enumerate(limits):  # CounterStorage.live, inlined: one clock reading for all
+        refused: tuple[int, ...] = ()
+        for limit in limits:  # CounterStorage.live, inlined: one clock reading for all
             counter = counts.get(limit.key)
             if counter is not None:
                 if counter[1] <= now:
@@ -57,19 +57,20 @@ class MemoryState(State):
                 else:
                     counts.move_to_end(limit.key)
                     if counter[0] >= limit.amount:
-                        refused.append(i)
+                        refused += (len(found),)
             found.append(counter)
-        if not refused:
-            for i, limit in enumerate(limits):
-                counter = found[i]
+        windows = []
+        for limit, counter in zip(limits, found):  # noqa: B905 - one found per limit
+            if not refused:
                 if counter is None:
-                    counter = found[i] = counters.start(limit.key, limit.item.get_expiry(), now)
+                    counter = counters.start(limit.key, limit.item.get_expiry(), now)
                 counter[0] += 1
-        windows = tuple([
-            Window(limit.amount, 0.0) if c is None else Window(max(0, limit.amount - int(c[0])), c[1] - now)
-            for c, limit in zip(found, limits, strict=True)
-        ])
-        return Verdict(not refused, windows, tuple(refused))
+            if counter is None:  # refused by another limit, and this one has no window open
+                windows.append(Window(limit.amount, 0.0))
+            else:
+                left = limit.amount - int(counter[0])
+                windows.append(Window(left if left > 0 else 0, counter[1] - now))
+        return Verdict(not refused, tuple(windows), refused)
 
     async def reserve(self, key: str, amount: int, limit: int, period: float) -> Hold:
         """Budgets share the rate-limit counters (``[total, window end]``, bounded, least recently used out); no
