@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aiohttp import web
-from multidict import CIMultiDict
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, istr
 
 from ..keys import ANSWER_HEADERS
 
-LIMIT_LISTS = ("RateLimit", "RateLimit-Policy")  # one member per limit: the edge's and a call's are both kept
+# names as multidict's istr, so a case-insensitive map need not fold them on every request
+RATELIMIT, RATELIMIT_POLICY = istr("RateLimit"), istr("RateLimit-Policy")
+LIMIT_LISTS = (RATELIMIT, RATELIMIT_POLICY)  # one member per limit: the edge's and a call's are both kept
 
 
 def answer_headers(request: web.Request) -> CIMultiDict[str]:
@@ -33,14 +35,14 @@ async def apply_answer_headers(request: web.Request, response: web.StreamRespons
     if not extra:
         return
     headers = response.headers
-    vary = extra.getall("Vary", ())
-    own_vary = headers.getall("Vary", ()) if vary else ()
+    vary = extra.getall(hdrs.VARY, ())
+    own_vary = headers.getall(hdrs.VARY, ()) if vary else ()
     # a call's own limits (a token budget) stay beside the edge's: its values, read before they are replaced
     limits = [(name, headers.getall(name)) for name in LIMIT_LISTS if name in headers and name in extra] \
-        if "RateLimit" in headers or "RateLimit-Policy" in headers else ()
+        if RATELIMIT in headers or RATELIMIT_POLICY in headers else ()
     headers.update(extra)  # every value of a name replaces every value of the response's own (multidict's update)
     if own_vary or len(vary) > 1:
-        headers["Vary"] = merge_vary(own_vary, vary)
+        headers[hdrs.VARY] = merge_vary(own_vary, vary)
     for name, own in limits:
         headers[name] = merge_members(extra.getall(name), own)
 

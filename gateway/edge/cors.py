@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from ..config import CorsConfig
@@ -29,8 +29,8 @@ Step = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 EXPOSED = ("RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-Id", "X-Cache")
 MAX_REQUESTED_HEADERS = 64  # header names one preflight may ask for; a browser page needs a handful
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
-_VARY = "Vary"
-_ALLOW_ORIGIN = "Access-Control-Allow-Origin"
+_VARY = hdrs.VARY  # names as multidict's istr: a case-insensitive map need not fold them again
+_ALLOW_ORIGIN = hdrs.ACCESS_CONTROL_ALLOW_ORIGIN
 _PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
 
@@ -50,8 +50,8 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
     exposed = {name.lower(): name for name in (*expose_headers, *EXPOSED)}  # later names win: the gateway's spelling
     expose = ", ".join(exposed.values())
     max_age = str(int(config.max_age))
-    credentials = (("Access-Control-Allow-Credentials", "true"),) if config.credentials else ()
-    readable = (*credentials, ("Access-Control-Expose-Headers", expose))  # with the origin, on an allowed answer
+    credentials = ((hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS, "true"),) if config.credentials else ()
+    readable = (*credentials, (hdrs.ACCESS_CONTROL_EXPOSE_HEADERS, expose))  # with the origin, on an allowed answer
 
     def preflight(request: web.Request, headers: CIMultiDict[str], origin: str, allowed: bool) -> web.Response:
         if not allowed:
@@ -69,7 +69,7 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
 
     async def step(request: web.Request, call_next: Handler) -> web.StreamResponse:
         headers = answer_headers(request)
-        origins = request.headers.getall("Origin", ())
+        origins = request.headers.getall(hdrs.ORIGIN, ())
         allowed = len(origins) == 1 and policy.allows(origins[0])  # two Origin headers: no browser sends that
         if request.method != "OPTIONS":
             if allowed:

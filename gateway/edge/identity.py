@@ -26,12 +26,14 @@ MAX_HOPS = 16  # X-Forwarded-For entries examined from the right; no real proxy 
 _MAX_ENTRY = 64  # longer than any address with a port: garbage, not parsed
 
 
-def identify(trusted_proxies: Sequence[Network] = (), *, enabled: bool = True, verified: bool = True) -> Step | None:
+def identify(trusted_proxies: Sequence[Network] = (), *, enabled: bool = True, verified: bool = True,
+             observed: bool = True) -> Step | None:
     """The step that names the client for what reads the name after it (rate limits, a per-user cache, token
     budgets, the access log); None when nothing does. It runs after authentication, which records a verified key.
 
     ``verified``: a client key or a signed-in user may name the caller (``clients.api_keys`` or ``clients.jwt``);
     without either, and with no trusted proxy, the peer's address is all there is, named by one cached lookup.
+    ``observed``: the request's Facts (the access log, the metrics) may be there to say who called.
     """
     if not enabled:
         return None
@@ -40,9 +42,10 @@ def identify(trusted_proxies: Sequence[Network] = (), *, enabled: bool = True, v
 
     async def identified(request: web.Request, call_next: Handler) -> web.StreamResponse:
         who = request[IDENTITY] = name(request)
-        facts = request.get(FACTS)
-        if facts is not None:
-            facts.client = who
+        if observed:
+            facts = request.get(FACTS)
+            if facts is not None:
+                facts.client = who
         return await call_next(request)
 
     return identified

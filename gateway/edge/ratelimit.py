@@ -26,7 +26,7 @@ from ..errors import RateLimited
 from ..keys import IDENTITY
 from ..state import Limit, State, Window, limit_item
 from ..units import Rate
-from .answer import answer_headers
+from .answer import RATELIMIT, RATELIMIT_POLICY, answer_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Step = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -71,11 +71,11 @@ def rate_limit(policies: Sequence[Policy], state: State) -> Step | None:
         identity = request[IDENTITY]  # set by the identify step, which runs before this one
         verdict = await state.acquire(limits_of(identity), lock=identity)
         headers = answer_headers(request)
-        headers["RateLimit-Policy"] = policy_field
+        headers[RATELIMIT_POLICY] = policy_field
         members = []  # one per limit; a loop, not a comprehension: ~1k fewer instructions a request
         for start, window in zip(remaining_of, verdict.windows):  # noqa: B905 - both one per policy
             members.append(f"{start}{window.remaining};t={max(1, ceil(window.reset_in))}")  # as _seconds
-        headers["RateLimit"] = ", ".join(members)
+        headers[RATELIMIT] = ", ".join(members)
         if not verdict.admitted:
             retry = max(_seconds(verdict.windows[i]) for i in verdict.refused)
             which = " and ".join(f"{policies[i].name} limit of {policies[i].rate}" for i in verdict.refused)

@@ -56,7 +56,7 @@ def build_endpoint(endpoint: Endpoint, res: Resources) -> Handler:
         None if endpoint.public else authenticate(clients.api_keys, res.jwt, demand=endpoint.auth),
         identify(res.config.server.trusted_proxies,  # who is calling: a verified JWT's sub, key hash, or the IP;
                  enabled=_names_clients(endpoint, res),  # only when something below or the access log reads it
-                 verified=bool(clients.api_keys or clients.jwt)),
+                 verified=bool(clients.api_keys or clients.jwt), observed=bool(res.observer and res.observer.records)),
         rate_limit(route_policies(clients.rate_limit, endpoint.rate_limit, endpoint.pattern),  # the cheapest
                    res.state),  # refusal once the client is known (a 401 or a preflight is never counted)
         cache(endpoint.cache, res.state, pattern=endpoint.pattern, vary=_vary(endpoint, res),  # below the limit
