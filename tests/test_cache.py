@@ -184,6 +184,14 @@ async def test_a_miss_then_hits_with_age_until_it_expires(state: MemoryState, cl
     assert upstream.calls == 2
 
 
+async def test_an_expired_answer_is_not_served_and_is_dropped_when_read(state: MemoryState, clock: Clock) -> None:
+    await state.cache_set("k", Cached(200, (("ETag", '"v1"'),), b"x", clock.now, clock.now + 10))
+    clock.now += 9.999
+    assert (await state.cache_get("k")).body == b"x"
+    clock.now += 0.001  # at its expiry: gone
+    assert await state.cache_get("k") is None and "k" not in state.answers and state.answers.currsize == 0
+
+
 async def test_only_get_and_head_are_cached(state: MemoryState) -> None:
     step, upstream = step_for(state), Upstream()
     for method in ("POST", "PUT", "DELETE", "POST"):

@@ -19,8 +19,8 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from aiohttp import web
-from multidict import CIMultiDict
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, istr
 
 from ..errors import UpstreamTimeout
 from ..keys import ANSWER_HEADERS, FACTS, IDENTITY
@@ -30,6 +30,7 @@ from ..state import Cached, LockTimeout, State
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Step = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
+X_CACHE = istr("X-Cache")
 CACHEABLE = frozenset({200, 203, 204, 301, 404, 410})
 # what is not part of the answer itself: sent fresh each time, or recomputed from the body
 NOT_KEPT = frozenset({"content-length", "transfer-encoding", "connection", "date", "server", "x-request-id", "x-cache",
@@ -53,7 +54,7 @@ def cache(ttl: float | None, state: State, *, pattern: str, vary: Sequence[str],
     """
     if not ttl:
         return None
-    names = tuple(sorted({name.lower() for name in vary}))
+    names = tuple(istr(name) for name in sorted({name.lower() for name in vary}))  # istr: looked up unfolded
     flights: dict[str, asyncio.Future[Cached | None]] = {}  # key -> the one call in progress for it
 
     def key_of(request: web.Request) -> str:
@@ -140,14 +141,15 @@ def keepable(response: web.StreamResponse, now: float, ttl: float) -> Cached | N
         return None
     if any(token.strip() == "*" for v in headers.getall("Vary", ()) for token in v.split(",")):
         return None  # it varies on something no key can hold
-    kept = tuple((name, value) for name, value in headers.items() if name.lower() not in NOT_KEPT)
+    # the names as istr: a hit's CIMultiDict takes them without folding each name again
+    kept = tuple((istr(name), value) for name, value in headers.items() if name.lower() not in NOT_KEPT)
     return Cached(response.status, kept, bytes(body), now, now + ttl)
 
 
 def _hit(request: web.Request, entry: Cached, now: float) -> web.Response:
     headers = CIMultiDict(entry.headers)
-    headers["X-Cache"] = "HIT"
-    headers["Age"] = str(max(0, int(now - entry.stored)))
+    headers[X_CACHE] = "HIT"
+    headers[hdrs.AGE] = str(max(0, int(now - entry.stored)))
     facts = request.get(FACTS)
     if facts is not None:
         facts.cache = "HIT"
@@ -164,4 +166,4 @@ def _note_miss(request: web.Request) -> None:
     facts = request.get(FACTS)
     if facts is not None:
         facts.cache = "MISS"
-    request.setdefault(ANSWER_HEADERS, CIMultiDict())["X-Cache"] = "MISS"
+    request.setdefault(ANSWER_HEADERS, CIMultiDict())[X_CACHE] = "MISS"

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from types import TracebackType
 
+from multidict import istr
+
 from ..secrets import redact
 from . import Cached, Clock, Hold, Limit, LockTimeout, State, Verdict, Window
 from .fallback import FAILURES, Health
@@ -224,7 +226,7 @@ def _decode(value: bytes) -> Cached | None:
     head, _, body = value.partition(b"\n")
     try:
         status, headers, stored, expires = json.loads(head)
-        return Cached(int(status), tuple((str(n), str(v)) for n, v in headers), body, float(stored), float(expires))
+        return Cached(int(status), tuple((istr(n), str(v)) for n, v in headers), body, float(stored), float(expires))
     except (ValueError, TypeError):
         return None
 
