@@ -3,6 +3,7 @@ forward with everything off, in one run (repetitions interleaved, so every varia
 
     plain      a forward that injects a key (every masking feature on: allowlists, scrubbing)
     protected  the same with CORS and a generous rate limit on (every request carries an allowed Origin)
+    protected2 the same with a second generous limit, the forward's own: each request passes two limits
     cached     the same with `cache: 5m`: every request after the first is a HIT
     observed   the same with the JSON access log and /metrics on (the others have both off)
 
@@ -42,10 +43,12 @@ forwards:
   bench: {{ upstream: up, path: /bench{forward} }}
 """
 QUIET = ", access_log: false, metrics: false"  # the other variants leave logs and metrics off: one change each
+CORS = "clients:\n  cors: { origins: ['https://app.example.com'] }\n"
 VARIANTS = {
     "plain": {"server": QUIET},
-    "protected": {"server": QUIET, "clients": "clients:\n  cors: { origins: ['https://app.example.com'] }\n"
-                  "  rate_limit: 100000000/minute", "forward": ", rate_limit: 100000000/minute"},
+    "protected": {"server": QUIET, "clients": CORS + "  rate_limit: 100000000/minute"},
+    "protected2": {"server": QUIET, "clients": CORS + "  rate_limit: 100000000/minute",
+                   "forward": ", rate_limit: 100000000/minute"},
     "cached": {"server": QUIET, "forward": ", cache: 5m"},
     "observed": {"server": ", access_log: true, metrics: /metrics"},
 }
