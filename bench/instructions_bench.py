@@ -9,7 +9,8 @@ instructions overstates a ratio of CPU time. Use it to compare trees and configs
 
     .venv/bin/python bench/instructions_bench.py                         # the quiet forward (bench/gateway-quiet.yaml)
     .venv/bin/python bench/instructions_bench.py --baseline /tmp/before  # and another source tree, same config
-    .venv/bin/python bench/instructions_bench.py --features              # features_bench.py's four variants
+    .venv/bin/python bench/instructions_bench.py --features              # features_bench.py's variants
+    .venv/bin/python bench/instructions_bench.py --features --bare       # and the floor: bare aiohttp, 1 KB
 
 It needs valgrind (`apt-get install valgrind`); the upstream is nginx when installed, as in proxy_bench.py.
 """
@@ -55,13 +56,26 @@ async def load(url: str, requests: int, connections: int = 8) -> None:
         await asyncio.gather(*(worker() for _ in range(connections)))
 
 
-def count(tree: Path, config: Path, upstream_url: str, requests: int, tmp: Path) -> float:
-    """Thousands of instructions per request of the gateway in ``tree`` serving ``config``."""
+# the floor under any answer served through aiohttp: a bare aiohttp + uvloop app answering 1 KB of JSON
+BARE_AIOHTTP = """
+import sys, uvloop
+from aiohttp import web
+BODY = b'{"x": "' + b'a' * 1000 + b'"}'
+async def answer(request):
+    return web.Response(body=BODY, content_type="application/json")
+app = web.Application()
+app.router.add_get("/api/bench", answer)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
+"""
+
+
+def count(tree: Path, config: Path | None, upstream_url: str, requests: int, tmp: Path) -> float:
+    """Thousands of instructions per request of the gateway in ``tree`` serving ``config`` (None: BARE_AIOHTTP)."""
     port = free_port()
     out = tmp / f"callgrind.{port}"
-    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-            sys.executable, "-m", "gateway", "serve", "--config", str(config), "--host", "127.0.0.1",
-            "--port", str(port)]
+    served = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--host", "127.0.0.1",
+              "--port", str(port)] if config is not None else [sys.executable, "-c", BARE_AIOHTTP, str(port)]
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *served]
     env = {**os.environ, "UPSTREAM": upstream_url, "SECRET": SECRET, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen(argv, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/api/bench"
@@ -87,6 +101,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT)
     parser.add_argument("--baseline", type=Path, help="another source tree of the gateway (e.g. from git archive)")
     parser.add_argument("--features", action="store_true", help="features_bench.py's variants instead of --config")
+    parser.add_argument("--bare", action="store_true", help="also a bare aiohttp app answering 1 KB (no gateway)")
     args = parser.parse_args()
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         print("instructions_bench: valgrind is not installed (sudo apt-get install valgrind)", file=sys.stderr)
@@ -112,6 +127,9 @@ def main() -> int:
                     served = next(c for c in (tree / "bench" / DEFAULT.name, tree / "bench/gateway.yaml") if c.exists())
                 results[name, tree_name] = figure = count(tree, served, upstream_url, args.requests, tmp)
                 print(f"{name:10} {tree_name:9} {figure:7.1f} k instructions per request", flush=True)
+        if args.bare:
+            results["bare", "aiohttp"] = figure = count(ROOT, None, upstream_url, args.requests, tmp)
+            print(f"{'bare':10} {'aiohttp':9} {figure:7.1f} k instructions per request (no gateway)", flush=True)
         if args.baseline:
             for name in configs:
                 print(f"{name}: baseline / gateway {results[name, 'baseline'] / results[name, 'gateway']:.3f}")
