@@ -52,6 +52,7 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
     max_age = str(int(config.max_age))
     credentials = ((hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS, "true"),) if config.credentials else ()
     readable = (*credentials, (hdrs.ACCESS_CONTROL_EXPOSE_HEADERS, expose))  # with the origin, on an allowed answer
+    # Access-Control-Allow-Origin is the request's origin itself, also under "*": never a literal *
 
     def preflight(request: web.Request, headers: CIMultiDict[str], origin: str, allowed: bool) -> web.Response:
         if not allowed:
