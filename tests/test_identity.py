@@ -195,6 +195,17 @@ async def test_with_no_key_token_or_proxy_the_step_names_the_peer_as_the_general
     assert identify((), verified=False, enabled=False) is None
 
 
+async def test_unobserved_the_step_names_the_client_and_leaves_the_facts_alone() -> None:
+    """observed=False (no access log, no metrics): no Facts are looked for; the name is still set for the limits."""
+    async def call_next(req: web.Request) -> web.StreamResponse:
+        return web.Response(text=req[IDENTITY])
+
+    req = request("203.0.113.9")
+    req[FACTS] = Facts(route="/api/x")
+    response = await identify((), verified=False, observed=False)(req, call_next)
+    assert response.text == "ip:203.0.113.9" and req[FACTS].client is None
+
+
 # -- server.trusted_proxies in config.yaml ----------------------------------------------------------------------
 
 @pytest.fixture

@@ -119,6 +119,7 @@ async def test_one_json_line_per_request_with_the_route_pattern_and_upstream(aio
         assert line["duration_ms"] >= 0 and line["bytes"] > 0
         assert set(line) >= {"request_id", "upstream", "upstream_status", "cache", "client", "pid"}
     assert lines[1]["request_id"] == "rid-7"
+    assert [line["client"] for line in lines[:4]] == ["ip:127.0.0.1"] * 4  # each routed request names its caller
     assert lines[2]["upstream"] == "svc" and lines[2]["upstream_status"] == 200 and lines[2]["upstream_ms"] > 0
     assert lines[3]["upstream"] == "gone" and lines[3]["upstream_status"] is None
     assert lines[0]["upstream"] is None

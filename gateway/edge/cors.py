@@ -30,7 +30,7 @@ EXPOSED = ("RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-Id", "X-Ca
 MAX_REQUESTED_HEADERS = 64  # header names one preflight may ask for; a browser page needs a handful
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 _VARY = hdrs.VARY  # names as multidict's istr: a case-insensitive map need not fold them again
-_ALLOW_ORIGIN = hdrs.ACCESS_CONTROL_ALLOW_ORIGIN
+_ALLOW_ORIGIN = hdrs.ACCESS_CONTROL_ALLOW_ORIGIN  # the request's origin itself, also under "*": never a literal *
 _PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
 
@@ -52,7 +52,6 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
     max_age = str(int(config.max_age))
     credentials = ((hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS, "true"),) if config.credentials else ()
     readable = (*credentials, (hdrs.ACCESS_CONTROL_EXPOSE_HEADERS, expose))  # with the origin, on an allowed answer
-    # Access-Control-Allow-Origin is the request's origin itself, also under "*": never a literal *
 
     def preflight(request: web.Request, headers: CIMultiDict[str], origin: str, allowed: bool) -> web.Response:
         if not allowed:
@@ -73,17 +72,17 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
         origins = request.headers.getall(hdrs.ORIGIN, ())
         allowed = len(origins) == 1 and policy.allows(origins[0])  # two Origin headers: no browser sends that
         if request.method != "OPTIONS":
-            if allowed:
-                headers.extend(((_VARY, "Origin"), (_ALLOW_ORIGIN, origins[0]), *readable))
-            else:
-                headers.add(_VARY, "Origin")
-            return await call_next(request)
-        headers.add(_VARY, _PREFLIGHT_VARY)
-        if origins and "Access-Control-Request-Method" in request.headers:
+            vary = "Origin"
+        elif origins and "Access-Control-Request-Method" in request.headers:
+            headers.add(_VARY, _PREFLIGHT_VARY)
             return preflight(request, headers, origins[0], allowed)
+        else:  # an OPTIONS that is no preflight is the route's to answer
+            vary = _PREFLIGHT_VARY
         if allowed:
-            headers.extend(((_ALLOW_ORIGIN, origins[0]), *readable))
-        return await call_next(request)  # an OPTIONS that is no preflight is the route's to answer
+            headers.extend(((_VARY, vary), (_ALLOW_ORIGIN, origins[0]), *readable))
+        else:
+            headers.add(_VARY, vary)
+        return await call_next(request)
 
     return step
 

@@ -17,7 +17,6 @@ import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from math import ceil
 
 from aiohttp import web
 from limits import RateLimitItem
@@ -74,7 +73,7 @@ def rate_limit(policies: Sequence[Policy], state: State) -> Step | None:
         headers[RATELIMIT_POLICY] = policy_field
         members = []  # one per limit; a loop, not a comprehension: ~1k fewer instructions a request
         for start, window in zip(remaining_of, verdict.windows):  # noqa: B905 - both one per policy
-            members.append(f"{start}{window.remaining};t={max(1, ceil(window.reset_in))}")  # as _seconds
+            members.append(f"{start}{window.remaining};t={_seconds(window)}")
         headers[RATELIMIT] = ", ".join(members)
         if not verdict.admitted:
             retry = max(_seconds(verdict.windows[i]) for i in verdict.refused)

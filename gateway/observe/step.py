@@ -21,12 +21,11 @@ Step = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 class Observer:
-    """Per process: the metrics (None when ``server.metrics: false``) and whether a line is written per request."""
+    """Per process: the metrics (None when ``server.metrics: false``) and whether anything is recorded per request."""
 
     def __init__(self, metrics: Metrics | None, *, lines: bool = True) -> None:
         self.metrics = metrics
-        self.lines = lines  # server.access_log
-        self.records = metrics is not None or lines  # anything per request at all: else nothing observes
+        self.records = metrics is not None or lines  # anything per request (lines: server.access_log): else no step
 
 
 def observe(observer: Observer, *, route: str) -> Step | None:
