@@ -28,6 +28,7 @@ class BrokenRoute:
     upstream = None
     rate_limit = None
     cache = None
+    budgeted = False
 
     def __init__(self, route: RouteFile, problem: str, prefix: str) -> None:
         self.segments = route.segments

@@ -77,6 +77,7 @@ class FileEndpoint:
     receives = None  # a handler may read any request header
     exposes: tuple[str, ...] = ()
     upstream = None  # a handler may call any upstream
+    budgeted = False  # forward() calls an upstream's own chain: budgets are a YAML forward's
 
     def __init__(self, route: RouteFile, module: ModuleType, prefix: str, *, app_max_body: int) -> None:
         self.segments = route.segments

@@ -44,6 +44,7 @@ class Endpoint(Protocol):
     upstream: str | None  # the upstream a forward calls (None: a route module, which may call any)
     rate_limit: Rate | None  # its own rate limit per client
     cache: float | None  # how long its answers are kept
+    budgeted: bool  # a token budget per client counts what its calls spend (a forward's guard.budget, SPEC §11)
 
     def terminal(self, res: Resources) -> Handler:
         """Its innermost handler, built once at start-up from the process-wide resources."""

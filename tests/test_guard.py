@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,6 +13,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.config import load_config
 from gateway.config_guard import GuardConfig
 from gateway.errors import BadRequest
+from gateway.pipeline.build import _names_clients
+from gateway.pipeline.endpoint import ForwardEndpoint
 from gateway.pipeline.guard import Rules, guard, parse_object
 from gateway.pipeline.values import Answer, OutRequest
 from gateway.units import Rate
@@ -352,3 +355,16 @@ async def test_two_content_types_are_refused() -> None:
     with pytest.raises(BadRequest, match="send one Content-Type"):
         await guard(GuardConfig(), None, scope="chat", limit=1000)(out, stub)
     assert stub.got == []
+
+
+def test_only_a_forward_with_a_budget_names_its_callers_for_it(tmp_path: Path) -> None:
+    """identify runs where something reads who calls: a budgeted forward does, its unbudgeted neighbour does not
+    (with no rate limit, per-user cache or access log), though both are in one config."""
+    (tmp_path / "config.yaml").write_text(UPSTREAM + "    guard: { cap: { max_tokens: 100 }, budget: 1000/day }\n"
+                                          "  models: { upstream: openai, path: /models }\n"
+                                          "server: { access_log: false }\n")
+    config = load_config(tmp_path / "config.yaml", environ={})
+    res = SimpleNamespace(config=config)
+    chat, models = (ForwardEndpoint(forward, config, "/api") for forward in config.forwards)
+    assert (chat.budgeted, models.budgeted) == (True, False)
+    assert _names_clients(chat, res) and not _names_clients(models, res)  # type: ignore[arg-type]

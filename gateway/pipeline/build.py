@@ -112,8 +112,7 @@ def _names_clients(endpoint: Endpoint, res: Resources) -> bool:
     """Whether anything reads who is calling: a rate limit, a per-user cache, a token budget, the access log."""
     config = res.config
     return bool(config.server.access_log or config.clients.rate_limit or endpoint.rate_limit
-                or (endpoint.cache is not None and _per_user(res))
-                or any(forward.guard and forward.guard.budget for forward in config.forwards))
+                or (endpoint.cache is not None and _per_user(res)) or endpoint.budgeted)
 
 
 def _per_user(res: Resources) -> bool:

@@ -28,6 +28,7 @@ class ForwardEndpoint:
         self.target = self.upstream = forward.upstream
         self.rate_limit = forward.rate_limit
         self.cache = forward.cache if not forward.websocket else None
+        self.budgeted = bool(forward.guard and forward.guard.budget)
         where = f"{config.file.name}:{forward.line}" if forward.line else config.file.name
         self.source = f"{where}: forwards.{forward.key}"
         self.public = forward.public

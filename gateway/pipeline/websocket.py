@@ -67,6 +67,7 @@ class WebSocketEndpoint:
     kind = "forward"
     own_options = False
     websocket = True
+    budgeted = False  # guard is refused on a WebSocket forward
     receives: frozenset[str] = frozenset()  # a browser never preflights a WebSocket
     exposes: tuple[str, ...] = ()
 
