@@ -1,5 +1,7 @@
 """What the protections cost: req/s of one forward through `gateway serve` with each feature on, against the same
-forward with everything off, in one run (repetitions interleaved, so every variant sees the same machine noise).
+forward with everything off, in one run. Every variant's gateway is started once and stays up; short loads take
+turns between them, a repetition at a time (each in the other order from the last), and each ratio compares the
+loads of one repetition, seconds apart: slower drift of a shared machine cancels out of it.
 
     plain      a forward that injects a key (every masking feature on: allowlists, scrubbing)
     protected  the same with CORS and a generous rate limit on (every request carries an allowed Origin)
@@ -13,7 +15,7 @@ when `taskset` exists. Only 127.0.0.1 is used.
 Besides req/s it reads the CPU time the gateway process spent per request (/proc), which other work on a shared
 machine disturbs far less than req/s: the ratios are given both ways.
 
-    .venv/bin/python bench/features_bench.py --reps 3 --seconds 5
+    .venv/bin/python bench/features_bench.py --reps 8 --seconds 2
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -86,8 +90,9 @@ def supported(variant: dict[str, str], root: Path) -> bool:
     return probe.returncode == 0
 
 
-def run_once(name: str, variant: dict[str, str], up_url: str, seconds: float, root: Path) -> tuple[float, float]:
-    """req/s and the gateway's CPU µs per request."""
+@contextmanager
+def serving(name: str, variant: dict[str, str], up_url: str, root: Path) -> Iterator[tuple[str, int]]:
+    """A gateway serving the variant on CPU 0, warmed up: its URL and pid, until the block ends."""
     config = root / f"{name}.yaml"
     config.write_text(BASE.format(upstream=up_url, server=variant.get("server", ""), clients=variant.get("clients", ""),
                                   forward=variant.get("forward", "")))
@@ -98,31 +103,37 @@ def run_once(name: str, variant: dict[str, str], up_url: str, seconds: float, ro
         url = f"http://127.0.0.1:{port}/api/bench"
         wait_ready(url, time.monotonic() + 60)
         measure(url, 1)  # warm-up
-        before = cpu_seconds(proc.pid)  # taskset execs the gateway: the same pid
-        rps, requests = measure(url, seconds)
-        return rps, (cpu_seconds(proc.pid) - before) / requests * 1e6
+        yield url, proc.pid  # taskset execs the gateway: the same pid
     finally:
         proc.terminate()
         proc.wait(timeout=15)
 
 
+def run_once(url: str, pid: int, seconds: float) -> tuple[float, float]:
+    """req/s and the gateway's CPU µs per request."""
+    before = cpu_seconds(pid)
+    rps, requests = measure(url, seconds)
+    return rps, (cpu_seconds(pid) - before) / requests * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         variants = {name: v for name, v in VARIANTS.items() if supported(v, root)}
         (root / "upstream").mkdir()
-        with upstream(root / "upstream") as (up_url, kind):
+        with upstream(root / "upstream") as (up_url, kind), ExitStack() as gateways:
             print(f"upstream: {kind}", flush=True)
+            served = {name: gateways.enter_context(serving(name, v, up_url, root)) for name, v in variants.items()}
             results: dict[str, list[float]] = {name: [] for name in variants}
             cpu: dict[str, list[float]] = {name: [] for name in variants}
             for rep in range(args.reps):
                 order = list(variants) if rep % 2 == 0 else list(reversed(variants))  # no variant always first
                 for name in order:
-                    rps, cpu_us = run_once(name, variants[name], up_url, args.seconds, root)
+                    rps, cpu_us = run_once(*served[name], args.seconds)
                     results[name].append(rps)
                     cpu[name].append(cpu_us)
                 line = ", ".join(f"{name} {results[name][-1]:,.0f} ({cpu[name][-1]:.0f} µs)" for name in variants)

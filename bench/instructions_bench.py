@@ -69,10 +69,11 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 """
 
 
-def count(tree: Path, config: Path | None, upstream_url: str, requests: int, tmp: Path) -> float:
-    """Thousands of instructions per request of the gateway in ``tree`` serving ``config`` (None: BARE_AIOHTTP)."""
+def count(tree: Path, config: Path | None, upstream_url: str, requests: int, tmp: Path, name: str = "") -> float:
+    """Thousands of instructions per request of the gateway in ``tree`` serving ``config`` (None: BARE_AIOHTTP);
+    its callgrind profile is left in ``tmp`` as ``callgrind.<name>``."""
     port = free_port()
-    out = tmp / f"callgrind.{port}"
+    out = tmp / f"callgrind.{name or port}"
     served = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--host", "127.0.0.1",
               "--port", str(port)] if config is not None else [sys.executable, "-c", BARE_AIOHTTP, str(port)]
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *served]
@@ -102,17 +103,24 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, help="another source tree of the gateway (e.g. from git archive)")
     parser.add_argument("--features", action="store_true", help="features_bench.py's variants instead of --config")
     parser.add_argument("--bare", action="store_true", help="also a bare aiohttp app answering 1 KB (no gateway)")
+    parser.add_argument("--only", help="with --features, these variants only (comma-separated: plain,protected)")
+    parser.add_argument("--keep", type=Path, help="a folder for the callgrind profiles (callgrind.<variant>.<tree>), "
+                        "to read with callgrind_annotate")
     args = parser.parse_args()
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         print("instructions_bench: valgrind is not installed (sudo apt-get install valgrind)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp_name, upstream(Path(tmp_name)) as (upstream_url, kind):
         tmp = Path(tmp_name)
+        keep = args.keep.resolve() if args.keep else tmp
+        keep.mkdir(parents=True, exist_ok=True)
         print(f"upstream: {kind}; {args.requests} requests over 8 connections after {WARM_UP} to warm up")
         configs = {"config": args.config}
         if args.features:
             configs = {}
             for name, parts in VARIANTS.items():
+                if args.only and name not in args.only.split(","):
+                    continue
                 configs[name] = tmp / f"{name}.yaml"
                 configs[name].write_text(BASE.format(upstream="${UPSTREAM}", server=parts.get("server", ""),
                                                      clients=parts.get("clients", ""),
@@ -125,17 +133,18 @@ def main() -> int:
                 if tree != ROOT and config == DEFAULT:  # an older tree serves its own bench config (older ones
                     # refuse keys that came later, access_log among them)
                     served = next(c for c in (tree / "bench" / DEFAULT.name, tree / "bench/gateway.yaml") if c.exists())
-                results[name, tree_name] = figure = count(tree, served, upstream_url, args.requests, tmp)
+                results[name, tree_name] = figure = count(tree, served, upstream_url, args.requests, keep,
+                                                          f"{name}.{tree_name}")
                 print(f"{name:10} {tree_name:9} {figure:7.1f} k instructions per request", flush=True)
         if args.bare:
-            results["bare", "aiohttp"] = figure = count(ROOT, None, upstream_url, args.requests, tmp)
+            results["bare", "aiohttp"] = figure = count(ROOT, None, upstream_url, args.requests, keep, "bare")
             print(f"{'bare':10} {'aiohttp':9} {figure:7.1f} k instructions per request (no gateway)", flush=True)
         if args.baseline:
             for name in configs:
                 print(f"{name}: baseline / gateway {results[name, 'baseline'] / results[name, 'gateway']:.3f}")
         if args.features:
-            plain = results["plain", "gateway"]
-            for name in configs:
+            plain = results.get(("plain", "gateway"))
+            for name in configs if plain else ():
                 print(f"plain / {name}: {plain / results[name, 'gateway']:.3f}")
     return 0
 
