@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 
 import pytest
@@ -14,7 +15,7 @@ from gateway.edge.identity import key_identity
 from gateway.edge.ratelimit import Policy, rate_limit, route_policies
 from gateway.errors import RateLimited
 from gateway.keys import ANSWER_HEADERS, IDENTITY
-from gateway.state import Limit, State, Window, limit_item
+from gateway.state import Limit, State, Window, limit_item, seconds_left
 from gateway.state.memory import MemoryState
 from gateway.units import Rate
 
@@ -311,3 +312,9 @@ def test_the_counter_key_built_per_request_is_limits_own(policy, identity):
     before, after = _key_around(item, policy)
     assert before + identity + after == item.key_for(policy.name, policy.scope, identity)
     assert Limit(item, (policy.name, policy.scope, identity)).key == before + identity + after
+
+
+@pytest.mark.parametrize(("reset_in", "seconds"), [(-0.5, 1), (0.0, 1), (0.2, 1), (1.0, 1), (1.000001, 2), (40.5, 41),
+                                                    (60.0, 60)])
+def test_seconds_left_rounds_up_and_never_says_zero(reset_in: float, seconds: int) -> None:
+    assert seconds_left(reset_in) == seconds == max(1, math.ceil(reset_in))

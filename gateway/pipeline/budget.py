@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from ..errors import BadRequest, GatewayError, RateLimited, UpstreamError, UpstreamUnavailable
 from ..keys import Facts
-from ..state import Hold, State
+from ..state import Hold, State, seconds_left
 from ..units import Rate
 from .usage import BodyWatch, EventWatch, usage_of_body
 from .values import Answer, Body, Call, OutRequest, close
@@ -62,7 +62,7 @@ class Budget:
         rate = self.rate
         hold = await self.state.reserve(f"budget\n{self.scope}\n{out.identity}", cost, rate.count, rate.period)
         if not hold.admitted:
-            retry = _seconds(hold.reset_in)
+            retry = seconds_left(hold.reset_in)
             if cost > rate.count:
                 why = f"this request may cost up to {cost} tokens, more than the whole budget of {rate}: ask for " \
                       "fewer output tokens (max_tokens) or send a shorter prompt"
@@ -96,7 +96,7 @@ class Budget:
 
     def fields(self, hold: Hold) -> dict[str, str]:
         left = max(0, self.rate.count - hold.spent)
-        return {"RateLimit-Policy": self.policy, "RateLimit": f'"{POLICY}";r={left};t={_seconds(hold.reset_in)}'}
+        return {"RateLimit-Policy": self.policy, "RateLimit": f'"{POLICY}";r={left};t={seconds_left(hold.reset_in)}'}
 
 
 class Account:
@@ -178,7 +178,3 @@ async def _shielded(settle: Any) -> None:
     """A settle that a second cancellation cannot interrupt halfway (a network backend awaits its server)."""
     await asyncio.shield(settle)
 
-
-def _seconds(reset_in: float) -> int:
-    """Whole seconds until the window ends, rounded up: by then the budget starts over (never 0)."""
-    return max(1, math.ceil(reset_in))

@@ -12,6 +12,7 @@ truth about that moment, so ``t=`` and ``Retry-After`` can be too.
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -53,6 +54,12 @@ class Limit:
 class Window:
     remaining: int  # requests left in this window
     reset_in: float  # seconds until the window ends and its count starts over
+
+
+def seconds_left(reset_in: float) -> int:
+    """Whole seconds until a window ends, rounded up, never below 1: by then there is room again (the ``t`` of a
+    RateLimit field, a 429's Retry-After). ``max(1, math.ceil(reset_in))``, with one call fewer."""
+    return math.ceil(reset_in) if reset_in > 1 else 1
 
 
 @dataclass(slots=True)
