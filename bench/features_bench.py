@@ -1,7 +1,9 @@
 """What the protections cost: req/s of one forward through `gateway serve` with each feature on, against the same
-forward with everything off, in one run. Every variant's gateway is started once and stays up; short loads take
-turns between them, a repetition at a time (each in the other order from the last), and each ratio compares the
-loads of one repetition, seconds apart: slower drift of a shared machine cancels out of it.
+forward with everything off, in one run. Each repetition starts a gateway per variant, then loads them in turn (each
+repetition in the other order from the last, so `protected` always runs next to `plain`), and each ratio compares
+the loads of one repetition, seconds apart, so slow drift of a shared machine cancels out of it. The processes are
+new every repetition because one process can run a few percent faster or slower than another of the same code for
+its whole life (where its memory landed); kept for a whole run, that would bias every ratio the same way.
 
     plain      a forward that injects a key (every masking feature on: allowlists, scrubbing)
     protected  the same with CORS and a generous rate limit on (every request carries an allowed Origin)
@@ -15,7 +17,7 @@ when `taskset` exists. Only 127.0.0.1 is used.
 Besides req/s it reads the CPU time the gateway process spent per request (/proc), which other work on a shared
 machine disturbs far less than req/s: the ratios are given both ways.
 
-    .venv/bin/python bench/features_bench.py --reps 8 --seconds 2
+    .venv/bin/python bench/features_bench.py --reps 10 --seconds 3
 """
 
 from __future__ import annotations
@@ -118,24 +120,28 @@ def run_once(url: str, pid: int, seconds: float) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=8)
-    parser.add_argument("--seconds", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--only", help="these variants only, plain always among them (comma-separated: protected)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        variants = {name: v for name, v in VARIANTS.items() if supported(v, root)}
+        wanted = {"plain", *args.only.split(",")} if args.only else set(VARIANTS)
+        variants = {name: v for name, v in VARIANTS.items() if name in wanted and supported(v, root)}
         (root / "upstream").mkdir()
-        with upstream(root / "upstream") as (up_url, kind), ExitStack() as gateways:
+        with upstream(root / "upstream") as (up_url, kind):
             print(f"upstream: {kind}", flush=True)
-            served = {name: gateways.enter_context(serving(name, v, up_url, root)) for name, v in variants.items()}
             results: dict[str, list[float]] = {name: [] for name in variants}
             cpu: dict[str, list[float]] = {name: [] for name in variants}
             for rep in range(args.reps):
                 order = list(variants) if rep % 2 == 0 else list(reversed(variants))  # no variant always first
-                for name in order:
-                    rps, cpu_us = run_once(*served[name], args.seconds)
-                    results[name].append(rps)
-                    cpu[name].append(cpu_us)
+                with ExitStack() as gateways:  # new processes each repetition: see the docstring
+                    served = {name: gateways.enter_context(serving(name, variants[name], up_url, root))
+                              for name in order}
+                    for name in order:
+                        rps, cpu_us = run_once(*served[name], args.seconds)
+                        results[name].append(rps)
+                        cpu[name].append(cpu_us)
                 line = ", ".join(f"{name} {results[name][-1]:,.0f} ({cpu[name][-1]:.0f} µs)" for name in variants)
                 ratios = ", ".join(f"{name}/plain {results[name][-1] / results['plain'][-1]:.2f} "
                                    f"(by CPU {cpu['plain'][-1] / cpu[name][-1]:.2f})"
