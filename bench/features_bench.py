@@ -18,6 +18,7 @@ Besides req/s it reads the CPU time the gateway process spent per request (/proc
 machine disturbs far less than req/s: the ratios are given both ways.
 
     .venv/bin/python bench/features_bench.py --reps 10 --seconds 3
+    .venv/bin/python bench/features_bench.py --only cached --bare   # and a bare aiohttp app (no gateway)
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ VARIANTS = {
 }
 ORIGIN = "Origin: https://app.example.com"
 
+# the floor under any answer served through aiohttp: a bare aiohttp + uvloop app answering 1 KB of JSON
+BARE_AIOHTTP = """
+import sys, uvloop
+from aiohttp import web
+BODY = b'{"x": "' + b'a' * 1000 + b'"}'
+async def answer(request):
+    return web.Response(body=BODY, content_type="application/json")
+app = web.Application()
+app.router.add_get("/api/bench", answer)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
+"""
+
 
 def measure(url: str, seconds: float) -> tuple[float, int]:
     """req/s and the number of requests answered."""
@@ -93,13 +106,15 @@ def supported(variant: dict[str, str], root: Path) -> bool:
 
 
 @contextmanager
-def serving(name: str, variant: dict[str, str], up_url: str, root: Path) -> Iterator[tuple[str, int]]:
-    """A gateway serving the variant on CPU 0, warmed up: its URL and pid, until the block ends."""
-    config = root / f"{name}.yaml"
-    config.write_text(BASE.format(upstream=up_url, server=variant.get("server", ""), clients=variant.get("clients", ""),
-                                  forward=variant.get("forward", "")))
+def serving(name: str, variant: dict[str, str] | None, up_url: str, root: Path) -> Iterator[tuple[str, int]]:
+    """A gateway serving the variant on CPU 0 (None: BARE_AIOHTTP), warmed up: its URL and pid, until the block ends."""
     port = free_port()
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
+    argv = [sys.executable, "-c", BARE_AIOHTTP, str(port)]
+    if variant is not None:
+        config = root / f"{name}.yaml"
+        config.write_text(BASE.format(upstream=up_url, server=variant.get("server", ""),
+                                      clients=variant.get("clients", ""), forward=variant.get("forward", "")))
+        argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
     proc = subprocess.Popen(pinned(0, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}/api/bench"
@@ -123,11 +138,15 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--only", help="these variants only, plain always among them (comma-separated: protected)")
+    parser.add_argument("--bare", action="store_true", help="also a bare aiohttp app answering 1 KB (no gateway)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         wanted = {"plain", *args.only.split(",")} if args.only else set(VARIANTS)
-        variants = {name: v for name, v in VARIANTS.items() if name in wanted and supported(v, root)}
+        variants: dict[str, dict[str, str] | None] = {
+            name: v for name, v in VARIANTS.items() if name in wanted and supported(v, root)}
+        if args.bare:
+            variants["bare"] = None
         (root / "upstream").mkdir()
         with upstream(root / "upstream") as (up_url, kind):
             print(f"upstream: {kind}", flush=True)

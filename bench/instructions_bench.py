@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from features_bench import BASE, ORIGIN, VARIANTS  # noqa: E402
+from features_bench import BARE_AIOHTTP, BASE, ORIGIN, VARIANTS  # noqa: E402
 from proxy_bench import SECRET, free_port, upstream  # noqa: E402
 from routes_bench import wait_ready  # noqa: E402
 
@@ -56,17 +56,6 @@ async def load(url: str, requests: int, connections: int = 8) -> None:
         await asyncio.gather(*(worker() for _ in range(connections)))
 
 
-# the floor under any answer served through aiohttp: a bare aiohttp + uvloop app answering 1 KB of JSON
-BARE_AIOHTTP = """
-import sys, uvloop
-from aiohttp import web
-BODY = b'{"x": "' + b'a' * 1000 + b'"}'
-async def answer(request):
-    return web.Response(body=BODY, content_type="application/json")
-app = web.Application()
-app.router.add_get("/api/bench", answer)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
-"""
 
 
 def count(tree: Path, config: Path | None, upstream_url: str, requests: int, tmp: Path, name: str = "") -> float:
