@@ -19,6 +19,7 @@ machine disturbs far less than req/s: the ratios are given both ways.
 
     .venv/bin/python bench/features_bench.py --reps 10 --seconds 3
     .venv/bin/python bench/features_bench.py --only cached --bare   # and a bare aiohttp app (no gateway)
+    .venv/bin/python bench/features_bench.py --tls                  # the upstream over HTTPS (needs nginx)
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--only", help="these variants only, plain always among them (comma-separated: protected)")
     parser.add_argument("--bare", action="store_true", help="also a bare aiohttp app answering 1 KB (no gateway)")
+    parser.add_argument("--tls", action="store_true", help="the upstream over HTTPS, as a third-party API is reached")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -148,7 +150,7 @@ def main() -> int:
         if args.bare:
             variants["bare"] = None
         (root / "upstream").mkdir()
-        with upstream(root / "upstream") as (up_url, kind):
+        with upstream(root / "upstream", tls=args.tls) as (up_url, kind):
             print(f"upstream: {kind}", flush=True)
             results: dict[str, list[float]] = {name: [] for name in variants}
             cpu: dict[str, list[float]] = {name: [] for name in variants}

@@ -93,6 +93,7 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, help="another source tree of the gateway (e.g. from git archive)")
     parser.add_argument("--features", action="store_true", help="features_bench.py's variants instead of --config")
     parser.add_argument("--bare", action="store_true", help="also a bare aiohttp app answering 1 KB (no gateway)")
+    parser.add_argument("--tls", action="store_true", help="the upstream over HTTPS, as a third-party API is reached")
     parser.add_argument("--only", help="with --features, these variants only (comma-separated: plain,protected)")
     parser.add_argument("--keep", type=Path, help="a folder for the callgrind profiles (callgrind.<variant>.<tree>), "
                         "to read with callgrind_annotate")
@@ -100,7 +101,7 @@ def main() -> int:
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         print("instructions_bench: valgrind is not installed (sudo apt-get install valgrind)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as tmp_name, upstream(Path(tmp_name)) as (upstream_url, kind):
+    with tempfile.TemporaryDirectory() as tmp_name, upstream(Path(tmp_name), tls=args.tls) as (upstream_url, kind):
         tmp = Path(tmp_name)
         keep = args.keep.resolve() if args.keep else tmp
         keep.mkdir(parents=True, exist_ok=True)

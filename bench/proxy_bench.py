@@ -55,7 +55,7 @@ http {{
   uwsgi_temp_path {tmp}/t4; scgi_temp_path {tmp}/t5;
   keepalive_requests 10000000;
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port}{ssl} backlog=4096;{certs}
     location = /bench {{ default_type application/json; return 200 '{body}'; }}
     location = /large {{ default_type application/json; alias {tmp}/large.json; }}
     location = /headers {{ default_type application/json; return 200 '{{"authorization": "$http_authorization"}}'; }}
@@ -162,22 +162,77 @@ def started(argv: list[str], ready: str, env: dict[str, str] | None = None, cwd:
 
 
 @contextmanager
-def upstream(tmp: Path):
+def upstream(tmp: Path, tls: bool = False):
+    """The upstream every bench forwards to: its URL and what it is. ``tls``: nginx over HTTPS on loopback, with a
+    throwaway CA that the gateways started meanwhile trust (SSL_CERT_FILE), as a third-party API is reached."""
     port = free_port()
+    if tls and not shutil.which("nginx"):
+        raise SystemExit("an HTTPS upstream needs nginx: apt-get install nginx")
+    ssl = certs = ""
+    scheme = "https" if tls else "http"
+    if tls:
+        ssl, certs = " ssl", f" ssl_certificate {tmp}/cert.pem; ssl_certificate_key {tmp}/key.pem;"
     if shutil.which("nginx"):
         tmp.chmod(0o755)  # a root master runs its worker as nobody, which must read large.json
         large = tmp / "large.json"
         large.write_text("[" + ",".join([BODY] * (1024 * 1024 // (len(BODY) + 1))) + "]")
         large.chmod(0o644)
         conf = tmp / "nginx.conf"
-        conf.write_text(NGINX.format(tmp=tmp, port=port, body=BODY))
+        conf.write_text(NGINX.format(tmp=tmp, port=port, body=BODY, ssl=ssl, certs=certs))
         argv = pinned(1, ["nginx", "-e", "stderr", "-p", str(tmp), "-c", str(conf)])
         kind = "nginx"
     else:
         argv = pinned(1, [sys.executable, __file__, "--serve-upstream", str(port)])
         kind = "aiohttp (install nginx for an upstream that is never the bottleneck)"
-    with started(argv, f"http://127.0.0.1:{port}/bench"):
-        yield f"http://127.0.0.1:{port}", kind
+    trusted = os.environ.get("SSL_CERT_FILE")
+    if tls:
+        os.environ["SSL_CERT_FILE"] = str(self_signed(tmp))  # read by this process's probe and the gateways' pools
+        kind += " over HTTPS"
+    try:
+        with started(argv, f"{scheme}://127.0.0.1:{port}/bench"):
+            yield f"{scheme}://127.0.0.1:{port}", kind
+    finally:
+        if tls:
+            os.environ.pop("SSL_CERT_FILE")
+            if trusted is not None:
+                os.environ["SSL_CERT_FILE"] = trusted
+
+
+def self_signed(tmp: Path) -> Path:
+    """A throwaway CA (ca.pem) and a certificate for 127.0.0.1 signed by it (cert.pem, key.pem) in ``tmp``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(ca_ski, critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    (tmp / "key.pem").chmod(0o644)  # a root nginx master runs its worker as nobody; the key is a bench's, for a day
+    return tmp / "ca.pem"
 
 
 def target_argv(name: str, port: int, upstream_url: str, baseline: Path | None) -> tuple[list[str], dict[str, str]]:
