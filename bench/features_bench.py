@@ -142,6 +142,8 @@ def main() -> int:
     parser.add_argument("--bare", action="store_true", help="also a bare aiohttp app answering 1 KB (no gateway)")
     parser.add_argument("--tls", action="store_true", help="the upstream over HTTPS, as a third-party API is reached")
     args = parser.parse_args()
+    if args.only and set(args.only.split(",")) - set(VARIANTS):
+        parser.error(f"--only takes these variants: {', '.join(VARIANTS)}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         wanted = {"plain", *args.only.split(",")} if args.only else set(VARIANTS)

@@ -56,8 +56,6 @@ async def load(url: str, requests: int, connections: int = 8) -> None:
         await asyncio.gather(*(worker() for _ in range(connections)))
 
 
-
-
 def count(tree: Path, config: Path | None, upstream_url: str, requests: int, tmp: Path, name: str = "") -> float:
     """Thousands of instructions per request of the gateway in ``tree`` serving ``config`` (None: BARE_AIOHTTP);
     its callgrind profile is left in ``tmp`` as ``callgrind.<name>``."""
@@ -98,6 +96,9 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="a folder for the callgrind profiles (callgrind.<variant>.<tree>), "
                         "to read with callgrind_annotate")
     args = parser.parse_args()
+    unknown = set(args.only.split(",")) - set(VARIANTS) if args.only else set()
+    if unknown or (args.only and not args.features):
+        parser.error(f"--only takes --features's variants ({', '.join(VARIANTS)}), with --features")
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         print("instructions_bench: valgrind is not installed (sudo apt-get install valgrind)", file=sys.stderr)
         return 2

@@ -231,7 +231,7 @@ def self_signed(tmp: Path) -> Path:
     (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                     serialization.NoEncryption()))
-    (tmp / "key.pem").chmod(0o644)  # a root nginx master runs its worker as nobody; the key is a bench's, for a day
+    (tmp / "key.pem").chmod(0o600)  # nginx's master reads it before it starts its workers
     return tmp / "ca.pem"
 
 
