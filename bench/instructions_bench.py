@@ -3,14 +3,16 @@ run, where req/s and CPU time on this shared 2-core VM move by 20-30 % between r
 
 A gateway process runs under callgrind with counting off; after a warm-up of 300 requests counting is switched on
 (callgrind_control) for a fixed number of GETs of /api/bench, each with features_bench.py's allowed ``Origin``
-header (which only the ``protected`` variant acts on), then off. Only the gateway's user-space instructions are counted:
-the kernel's share of a request (socket reads and writes, about the same in every variant) is not, so a ratio of
-instructions overstates a ratio of CPU time. Use it to compare trees and configs, the benches for req/s.
+header (which only the ``protected`` variant acts on), then off. Only the gateway's user-space instructions are counted,
+not the kernel's share of a request (the same system calls in every variant), and not how fast they run: use it to
+compare trees and configs, the benches for req/s. PYTHONHASHSEED=0 makes the count repeat to ~0.5k.
 
     .venv/bin/python bench/instructions_bench.py                         # the quiet forward (bench/gateway-quiet.yaml)
     .venv/bin/python bench/instructions_bench.py --baseline /tmp/before  # and another source tree, same config
     .venv/bin/python bench/instructions_bench.py --features              # features_bench.py's variants
     .venv/bin/python bench/instructions_bench.py --features --bare       # and the floor: bare aiohttp, 1 KB
+    .venv/bin/python bench/instructions_bench.py --features --only plain,protected --keep /tmp/cg  # profiles kept
+    .venv/bin/python bench/instructions_bench.py --features --tls        # the upstream over HTTPS
 
 It needs valgrind (`apt-get install valgrind`); the upstream is nginx when installed, as in proxy_bench.py.
 """

@@ -37,7 +37,8 @@ async def apply_answer_headers(request: web.Request, response: web.StreamRespons
     headers = response.headers
     vary = extra.getall(hdrs.VARY, ())
     own_vary = headers.getall(hdrs.VARY, ()) if vary else ()
-    # a call's own limits (a token budget) stay beside the edge's: its values, read before they are replaced
+    # a call's own limits (a token budget) stay beside the edge's: its values, read before they are replaced (the
+    # outer test spares the list on the usual answer, which brings no RateLimit of its own)
     limits = [(name, headers.getall(name)) for name in LIMIT_LISTS if name in headers and name in extra] \
         if RATELIMIT in headers or RATELIMIT_POLICY in headers else ()
     headers.update(extra)  # every value of a name replaces every value of the response's own (multidict's update)

@@ -23,9 +23,10 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, istr
 
 from ..errors import UpstreamTimeout
-from ..keys import ANSWER_HEADERS, FACTS, IDENTITY
+from ..keys import FACTS, IDENTITY
 from ..pipeline.headers import request_allowlist
 from ..state import Cached, LockTimeout, State
+from .answer import answer_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Step = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -166,4 +167,4 @@ def _note_miss(request: web.Request) -> None:
     facts = request.get(FACTS)
     if facts is not None:
         facts.cache = "MISS"
-    request.setdefault(ANSWER_HEADERS, CIMultiDict())[X_CACHE] = "MISS"
+    answer_headers(request)[X_CACHE] = "MISS"

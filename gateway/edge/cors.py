@@ -29,7 +29,7 @@ Step = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 EXPOSED = ("RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-Id", "X-Cache")
 MAX_REQUESTED_HEADERS = 64  # header names one preflight may ask for; a browser page needs a handful
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
-_VARY = hdrs.VARY  # names as multidict's istr: a case-insensitive map need not fold them again
+# hdrs' names are multidict's istr: a case-insensitive map need not fold them again
 _ALLOW_ORIGIN = hdrs.ACCESS_CONTROL_ALLOW_ORIGIN  # the request's origin itself, also under "*": never a literal *
 _PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
@@ -74,14 +74,14 @@ def cors(config: CorsConfig | None, *, methods: Iterable[str], allow_headers: fr
         if request.method != "OPTIONS":
             vary = "Origin"
         elif origins and "Access-Control-Request-Method" in request.headers:
-            headers.add(_VARY, _PREFLIGHT_VARY)
+            headers.add(hdrs.VARY, _PREFLIGHT_VARY)
             return preflight(request, headers, origins[0], allowed)
         else:  # an OPTIONS that is no preflight is the route's to answer
             vary = _PREFLIGHT_VARY
         if allowed:
-            headers.extend(((_VARY, vary), (_ALLOW_ORIGIN, origins[0]), *readable))
+            headers.extend(((hdrs.VARY, vary), (_ALLOW_ORIGIN, origins[0]), *readable))
         else:
-            headers.add(_VARY, vary)
+            headers.add(hdrs.VARY, vary)
         return await call_next(request)
 
     return step
